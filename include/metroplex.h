@@ -1,0 +1,343 @@
+/*
+ * metroplex.h - the public API of metroplex-c.
+ *
+ * metroplex-c keeps the registry of which server in a cluster of real-time
+ * gateways holds each connection (a "spark"), in Redis, with the same keys
+ * and values as the Node.js plugin `metroplex` for Primus, so Node servers
+ * and C gateways can share one cluster.
+ *
+ * Conventions
+ * - Everything public starts with `mpx_` (functions, types) or `MPX_`
+ *   (macros, constants). This is the only public header.
+ * - Functions that can fail return 0 (MPX_OK) or a negative MPX_E* code.
+ *   mpx_strerror() gives a generic text for a code; mpx_last_error() gives
+ *   the detailed message of the most recent failing call made by the calling
+ *   thread (e.g. which option field was wrong, what Redis answered).
+ * - Ids are binary-safe (pointer and length). Addresses and the namespace
+ *   are NUL-terminated text.
+ * - Each function documents which threads may call it ("Thread-safety:")
+ *   and who owns the memory it returns.
+ * - Callbacks (on_register, on_unregister, on_error) run on library threads
+ *   (the heartbeat or writer thread) or on the thread that made the call
+ *   that triggered them, as documented for each; they must not block for
+ *   long and must not call mpx_destroy().
+ */
+#ifndef METROPLEX_H
+#define METROPLEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MPX_VERSION_MAJOR 0
+#define MPX_VERSION_MINOR 1
+#define MPX_VERSION_PATCH 0
+
+/* Longest spark id accepted, in bytes. */
+#define MPX_ID_MAX 1024
+/* Longest server address accepted, in bytes, excluding the NUL. */
+#define MPX_ADDRESS_MAX 255
+/* Longest namespace accepted, in bytes, excluding the NUL. */
+#define MPX_NAMESPACE_MAX 128
+
+/*
+ * Error codes: negative integers. The X-macro yields the enum, mpx_strerror()
+ * and mpx_err_name().
+ */
+#define MPX_ERRNO_MAP(XX)                                                      \
+    XX(EINVAL, -1, "invalid argument")                                        \
+    XX(ENOMEM, -2, "out of memory")                                           \
+    XX(ECONN, -3, "cannot reach Redis")                                       \
+    XX(ETIMEDOUT, -4, "timed out")                                            \
+    XX(EREDIS, -5, "Redis answered with an error")                            \
+    XX(EPROTO, -6, "unexpected reply from Redis")                             \
+    XX(ETOOBIG, -7, "value too long")                                         \
+    XX(ESTATE, -8, "not allowed in the current state")                        \
+    XX(EADDRINUSE, -9, "address held by another live process")                \
+    XX(ENOTFOUND, -10, "not found")                                           \
+    XX(ENOSPC, -11, "buffer too small")                                       \
+    XX(ECLOSED, -12, "registry is shutting down")                             \
+    XX(ETHREAD, -13, "cannot start a thread")
+
+typedef enum mpx_errno {
+    MPX_OK = 0,
+#define MPX__ERRNO_ENUM(name, val, msg) MPX_##name = (val),
+    MPX_ERRNO_MAP(MPX__ERRNO_ENUM)
+#undef MPX__ERRNO_ENUM
+} mpx_errno_t;
+
+/* Generic description of an error code; never NULL; static storage.
+ * Thread-safety: any thread. */
+const char *mpx_strerror(int err);
+/* Symbolic name of an error code ("MPX_EINVAL"); never NULL; static storage.
+ * Thread-safety: any thread. */
+const char *mpx_err_name(int err);
+/* Detailed message of the most recent call on this thread that returned an
+ * error (e.g. "options.interval_ms (1000) must be greater than
+ * options.latency_ms (2000)"). Empty string if none. The pointer is valid
+ * until the next mpx_ call on the same thread.
+ * Thread-safety: any thread; the message is per thread. */
+const char *mpx_last_error(void);
+
+/* The registry handle. Opaque. */
+typedef struct mpx mpx_t;
+
+/* on_register / on_unregister: `address` is valid during the call only.
+ * on_error: `err` is an MPX_E* code, `message` is valid during the call only.
+ * See mpx_options_t for which thread runs each. */
+typedef void (*mpx_event_cb)(mpx_t *mpx, const char *address, void *data);
+typedef void (*mpx_error_cb)(mpx_t *mpx, int err, const char *message,
+                             void *data);
+
+/*
+ * Creation options. Always initialise with mpx_options_init() (or
+ * MPX_OPTIONS_INIT), then set what you need: fields added in later versions
+ * are appended, and `struct_size` tells the library which fields exist.
+ * Strings are copied by mpx_create(); they need not outlive the call.
+ */
+typedef struct mpx_options {
+    size_t struct_size; /* sizeof(mpx_options_t); set by the initialiser */
+
+    /* Redis endpoint: "redis://[user:password@]host[:port][/db]" or
+     * "unix:///path/to/socket[?db=N]". Default "redis://127.0.0.1:6379". */
+    const char *redis_url;
+    uint32_t connect_timeout_ms; /* default 2000; 1..600000 */
+    uint32_t command_timeout_ms; /* default 5000; 1..600000 */
+
+    /* Key prefix, without the colon. Default "metroplex". 1..MPX_NAMESPACE_MAX
+     * printable ASCII bytes, no spaces, no '{' or '}'. */
+    const char *ns;
+
+    /* This server's public address: "http://host:port" or "https://host:port",
+     * no path, no query, no user info. NULL to register later with
+     * mpx_register(). When set, registration starts in the background at
+     * creation and is reported through on_register / on_error. */
+    const char *address;
+
+    /* The alive key expires after interval_ms; the heartbeat refreshes it
+     * every interval_ms - latency_ms. Defaults 300000 and 2000, as the
+     * original. interval_ms must be greater than latency_ms. Node and C
+     * servers sharing a namespace must use the same interval. */
+    uint32_t interval_ms;
+    uint32_t latency_ms;
+
+    /* Address lease (our extension, see docs/keyspace.md): a live C process
+     * holds its address with a lease key refreshed every lease_ms / 3. Another
+     * process cannot register the same address while the lease exists; a
+     * gateway restarted after a crash can register again at most lease_ms
+     * after the crash. Default 10000; 300..interval_ms. */
+    uint32_t lease_ms;
+
+    /* Cleanup of a dead server's sparks runs in chunks of this many ids per
+     * Redis script call. Default 1000; 1..100000. */
+    uint32_t reap_chunk;
+
+    /* The writer thread sends a batch when it holds batch_max changes or
+     * when the oldest waited batch_delay_ms. Defaults 4096 and 2. */
+    uint32_t batch_max;   /* 1..1000000 */
+    uint32_t batch_delay_ms; /* 0..10000 */
+
+    /* Expected number of local sparks; presizes the tables. Default 0. */
+    size_t size_hint;
+
+    /* Events. Each callback may be NULL; `*_data` is passed back as is.
+     * on_register: after this server's address is registered, on the thread
+     *   that called mpx_register() or on the heartbeat thread (background
+     *   registration, re-registration after being reaped).
+     * on_unregister: on the thread that called mpx_unregister().
+     * on_error: on the heartbeat or writer thread, for failures of work the
+     *   library does in the background (Redis down, batch retried, address
+     *   taken over, ...). Calls that return an error do not also report it
+     *   here. */
+    mpx_event_cb on_register;
+    void *on_register_data;
+    mpx_event_cb on_unregister;
+    void *on_unregister_data;
+    mpx_error_cb on_error;
+    void *on_error_data;
+} mpx_options_t;
+
+#define MPX_OPTIONS_INIT                                                       \
+    {                                                                          \
+        sizeof(mpx_options_t), NULL, 2000, 5000, NULL, NULL, 300000, 2000,     \
+            10000, 1000, 4096, 2, 0, NULL, NULL, NULL, NULL, NULL, NULL        \
+    }
+
+/* Fill `opts` with the defaults. Thread-safety: any thread. */
+void mpx_options_init(mpx_options_t *opts);
+
+/*
+ * Create a registry: validate the options, start the heartbeat and writer
+ * threads. Does not wait for Redis: an unreachable Redis is reported later
+ * (calls return MPX_ECONN, on_error fires) and the library reconnects with
+ * backoff.
+ * Returns 0 and sets *out, or an error (MPX_EINVAL with mpx_last_error()
+ * naming the field; MPX_ENOMEM; MPX_ETHREAD); on error *out is NULL and
+ * nothing is left allocated.
+ * Ownership: the caller owns *out and frees it with mpx_destroy().
+ * Thread-safety: any thread.
+ */
+int mpx_create(const mpx_options_t *opts, mpx_t **out);
+
+/*
+ * Stop the registry: write what is queued (waiting at most
+ * 2 × command_timeout_ms), stop the threads, free everything. Does not
+ * unregister: call mpx_unregister() first for a clean shutdown; without it
+ * the address stays registered until its alive key expires and another
+ * server reaps it, as after a crash. Changes that could not be written are
+ * reported through on_error. NULL is accepted.
+ * Thread-safety: once, from a thread that is not running an mpx callback,
+ * after every other call on `mpx` has returned.
+ */
+void mpx_destroy(mpx_t *mpx);
+
+/*
+ * Register this server's address (see mpx_options_t.address for the form).
+ * Atomically: if another live process holds a lease on the address, fail
+ * with MPX_EADDRINUSE (mpx_last_error() says when the lease expires);
+ * otherwise move the sparks a previous process left under the address aside
+ * (they are cleaned in the background, in chunks), add the address to the
+ * servers set, set the alive key and the lease, and start heartbeating.
+ * Sparks connected before registration are then written.
+ * Blocks for at most about connect_timeout_ms + 3 × command_timeout_ms.
+ * Returns 0; MPX_EINVAL (bad address); MPX_ESTATE (already registered with
+ * another address); MPX_EADDRINUSE; MPX_ECONN / MPX_ETIMEDOUT (Redis
+ * unreachable: the address is kept and the heartbeat thread retries in the
+ * background, reporting success through on_register); MPX_EREDIS.
+ * Registering the address already registered is a no-op returning 0.
+ * Thread-safety: any thread; serialised with the other lifecycle calls.
+ */
+int mpx_register(mpx_t *mpx, const char *address);
+
+/*
+ * Unregister: stop heartbeating, remove this server and all its sparks from
+ * Redis (in chunks), forget the local sparks and any queued changes, fire
+ * on_unregister. A no-op returning 0 when not registered.
+ * Returns 0, or MPX_ECONN / MPX_ETIMEDOUT / MPX_EREDIS; on error the server
+ * stays unregistered locally and whatever remains in Redis is reaped by
+ * the other servers once the alive key expires.
+ * Thread-safety: any thread; serialised with the other lifecycle calls.
+ */
+int mpx_unregister(mpx_t *mpx);
+
+/*
+ * Copy this server's address (registered, or waiting to be) into `buf`.
+ * On entry *len is the size of buf; on return it is the length of the
+ * address excluding the NUL (also when MPX_ENOSPC is returned).
+ * Returns 0, MPX_ENOTFOUND (no address), MPX_ENOSPC.
+ * Thread-safety: any thread.
+ */
+int mpx_address(mpx_t *mpx, char *buf, size_t *len);
+
+/* A list of strings returned by the library. Free with mpx_list_free().
+ * items[i] is NUL-terminated and lens[i] is its length; for mpx_sparks()
+ * an unknown id has items[i] == NULL. */
+typedef struct mpx_list {
+    size_t count;
+    char **items;
+    size_t *lens;
+} mpx_list_t;
+
+/* Free a list; NULL is accepted. Thread-safety: any thread. */
+void mpx_list_free(mpx_list_t *list);
+
+/*
+ * The registered servers (SMEMBERS of the servers set), without this
+ * server's own address unless include_self is non-zero.
+ * Returns 0 and sets *out (caller frees with mpx_list_free()), or
+ * MPX_ECONN / MPX_ETIMEDOUT / MPX_EREDIS / MPX_EPROTO / MPX_ENOMEM.
+ * Thread-safety: any thread (calls are serialised on one connection).
+ */
+int mpx_servers(mpx_t *mpx, int include_self, mpx_list_t **out);
+
+/*
+ * Record that spark `id` connected to this server. Never waits on the
+ * network: the change is queued and written by the writer thread (HSET of
+ * the sparks hash and SADD of this server's set, many sparks per command).
+ * Sparks connected before registration are written once registered.
+ * Returns 0, MPX_EINVAL (NULL or empty id), MPX_ETOOBIG (len > MPX_ID_MAX),
+ * MPX_ENOMEM, MPX_ECLOSED.
+ * Thread-safety: any thread, concurrently.
+ */
+int mpx_connect(mpx_t *mpx, const void *id, size_t len);
+
+/*
+ * Record that spark `id` disconnected from this server. Queued like
+ * mpx_connect(); in Redis the hash field is removed only while it still
+ * names this server. Disconnecting an id that is not connected here is not
+ * an error (nothing is written).
+ * Returns as mpx_connect().
+ * Thread-safety: any thread, concurrently.
+ */
+int mpx_disconnect(mpx_t *mpx, const void *id, size_t len);
+
+/*
+ * Wait until every change queued before the call is committed in Redis.
+ * Returns 0; MPX_ETIMEDOUT (not all written within timeout_ms: the changes
+ * stay queued and are still written later); MPX_ESTATE (not registered:
+ * nothing can be written yet).
+ * Thread-safety: any thread, concurrently.
+ */
+int mpx_flush(mpx_t *mpx, uint32_t timeout_ms);
+
+/*
+ * Look up the server that holds spark `id`: this server's own sparks are
+ * answered from memory, others with one HGET. The address is copied into
+ * buf as for mpx_address().
+ * Returns 0, MPX_ENOTFOUND (unknown id), MPX_ENOSPC, MPX_EINVAL,
+ * MPX_ETOOBIG, MPX_ECONN / MPX_ETIMEDOUT / MPX_EREDIS / MPX_EPROTO.
+ * Thread-safety: any thread (Redis calls are serialised on one connection).
+ */
+int mpx_spark(mpx_t *mpx, const void *id, size_t len, char *buf,
+              size_t *buflen);
+
+/*
+ * Look up many sparks at once: one HMGET for all those not held here.
+ * *out gets one item per id, NULL where unknown (caller frees with
+ * mpx_list_free()). `lens` may be NULL when every id is NUL-terminated text.
+ * Returns 0, or an error as mpx_spark() (MPX_EINVAL if any id is invalid,
+ * mpx_last_error() says which).
+ * Thread-safety: as mpx_spark().
+ */
+int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens,
+               size_t n, mpx_list_t **out);
+
+/*
+ * Reap now, on the calling thread: every registered server other than this
+ * one whose alive key and lease are both gone is removed, and its sparks
+ * are cleaned in chunks (as are any cleanups another process left
+ * unfinished). The heartbeat thread does the same every interval - latency.
+ * *reaped (may be NULL) gets the number of servers removed by this call.
+ * Returns 0 or a Redis error code.
+ * Thread-safety: any thread; safe to run concurrently with other servers
+ * reaping the same dead server.
+ */
+int mpx_reap(mpx_t *mpx, size_t *reaped);
+
+/* Counters, readable at any time. */
+typedef struct mpx_stats {
+    uint64_t local_sparks;   /* sparks connected here now */
+    uint64_t queued;         /* changes accepted by connect/disconnect */
+    uint64_t committed;      /* changes acknowledged by Redis */
+    uint64_t pending;        /* changes not yet committed */
+    uint64_t batches;        /* MULTI/EXEC batches committed */
+    uint64_t redis_errors;   /* failed Redis round trips (all threads) */
+    uint64_t retries;        /* batches retried */
+    uint64_t heartbeats;     /* alive-key refreshes */
+    uint64_t reaped_servers; /* dead servers removed by this process */
+    uint64_t reaped_sparks;  /* hash fields removed while cleaning them */
+    uint64_t reregistered;   /* times this server put itself back */
+} mpx_stats_t;
+
+/* Fill *out. Returns 0 or MPX_EINVAL. Thread-safety: any thread; values are
+ * read without a common lock, each one is individually consistent. */
+int mpx_stats(mpx_t *mpx, mpx_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* METROPLEX_H */

@@ -1,0 +1,272 @@
+/*
+ * conn.c - one blocking hiredis connection with timeouts and reconnects.
+ *
+ * Each library thread owns its connection (hiredis contexts are not
+ * thread-safe): the writer thread, the heartbeat thread (shared with the
+ * lifecycle calls under life_mu) and the lookup connection (under sync_mu).
+ *
+ * Connecting does: TCP or unix connect with connect_timeout_ms, the command
+ * timeout, AUTH and SELECT when the URL asks, SCRIPT LOAD of every script
+ * (so NOSCRIPT never lands inside a MULTI), and INFO server to learn the
+ * run_id: a different run_id than at the previous connect means Redis
+ * restarted and may have lost our state (run_id_changed is set).
+ *
+ * Failure: any I/O error closes the context; the next mpx__conn_ensure()
+ * reconnects, no sooner than the backoff (100 ms doubling to 5 s) unless
+ * forced.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+uint64_t mpx__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t mpx__epoch_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static struct timeval tv_ms(uint32_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    return tv;
+}
+
+void mpx__conn_init(mpx__conn_t *c, const mpx__redis_endpoint_t *ep, uint32_t connect_timeout_ms,
+                    uint32_t command_timeout_ms, const char *name, atomic_uint_fast64_t *errors)
+{
+    memset(c, 0, sizeof *c);
+    c->ep = ep;
+    c->connect_timeout_ms = connect_timeout_ms;
+    c->command_timeout_ms = command_timeout_ms;
+    c->error_counter = errors;
+    snprintf(c->name, sizeof c->name, "%s", name);
+}
+
+void mpx__conn_close(mpx__conn_t *c)
+{
+    if (c->ctx) {
+        redisFree(c->ctx);
+        c->ctx = NULL;
+    }
+}
+
+static void count_error(mpx__conn_t *c)
+{
+    if (c->error_counter)
+        atomic_fetch_add_explicit(c->error_counter, 1, memory_order_relaxed);
+}
+
+static const char *where(const mpx__conn_t *c, char *buf, size_t n)
+{
+    if (c->ep->path)
+        snprintf(buf, n, "unix:%s", c->ep->path);
+    else
+        snprintf(buf, n, "%s:%d", c->ep->host, c->ep->port);
+    return buf;
+}
+
+int mpx__conn_io_error(mpx__conn_t *c, const char *what)
+{
+    char w[160];
+    int err = MPX_ECONN;
+    const char *msg = c->ctx ? c->ctx->errstr : "no connection";
+    if (c->ctx && c->ctx->err == REDIS_ERR_IO &&
+        (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT))
+        err = MPX_ETIMEDOUT;
+    if (c->ctx && strstr(msg, "timed out"))
+        err = MPX_ETIMEDOUT;
+    mpx__fail(err, "redis %s (%s connection): %s: %s", where(c, w, sizeof w), c->name, what,
+              err == MPX_ETIMEDOUT ? "timed out" : msg);
+    count_error(c);
+    mpx__conn_close(c);
+    return err;
+}
+
+/* Run a simple command during setup; returns the reply or NULL (message set). */
+static redisReply *setup_cmd(mpx__conn_t *c, int *rc, int argc, const char **argv,
+                             const size_t *lens)
+{
+    redisReply *r = redisCommandArgv(c->ctx, argc, argv, lens);
+    if (!r) {
+        *rc = mpx__conn_io_error(c, argv[0]);
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        char w[160];
+        *rc = mpx__fail(MPX_EREDIS, "redis %s: %s failed: %s", where(c, w, sizeof w), argv[0],
+                        r->str);
+        count_error(c);
+        freeReplyObject(r);
+        mpx__conn_close(c);
+        return NULL;
+    }
+    return r;
+}
+
+static int load_scripts(mpx__conn_t *c)
+{
+    int rc = 0;
+    for (int i = 0; i < MPX__SCRIPT_COUNT; i++) {
+        const char *src = mpx__script_source(i);
+        const char *argv[3] = {"SCRIPT", "LOAD", src};
+        size_t lens[3] = {6, 4, strlen(src)};
+        redisReply *r = setup_cmd(c, &rc, 3, argv, lens);
+        if (!r)
+            return rc;
+        if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+            freeReplyObject(r);
+            mpx__conn_close(c);
+            return mpx__fail(MPX_EPROTO, "SCRIPT LOAD %s: unexpected reply", mpx__script_name(i));
+        }
+        memcpy(c->shas[i], r->str, 41);
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+static int read_run_id(mpx__conn_t *c)
+{
+    int rc = 0;
+    const char *argv[2] = {"INFO", "server"};
+    size_t lens[2] = {4, 6};
+    redisReply *r = setup_cmd(c, &rc, 2, argv, lens);
+    if (!r)
+        return rc;
+    char id[41] = "";
+    if (r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, "run_id:");
+        if (p && strlen(p + 7) >= 40) {
+            memcpy(id, p + 7, 40);
+            id[40] = 0;
+        }
+    }
+    freeReplyObject(r);
+    if (c->run_id[0] && id[0] && strcmp(id, c->run_id) != 0)
+        c->run_id_changed = true;
+    if (id[0])
+        memcpy(c->run_id, id, 41);
+    return 0;
+}
+
+int mpx__conn_ensure(mpx__conn_t *c, bool force)
+{
+    if (c->ctx && !c->ctx->err)
+        return 0;
+    mpx__conn_close(c);
+    uint64_t now = mpx__now_ms();
+    if (!force && now < c->next_attempt_ms)
+        return mpx__fail(MPX_ECONN, "redis unreachable (%s connection); next attempt in %llu ms",
+                         c->name, (unsigned long long)(c->next_attempt_ms - now));
+    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 100;
+    if (c->backoff_ms > 5000)
+        c->backoff_ms = 5000;
+    c->next_attempt_ms = now + c->backoff_ms;
+
+    struct timeval ct = tv_ms(c->connect_timeout_ms);
+    if (c->ep->path)
+        c->ctx = redisConnectUnixWithTimeout(c->ep->path, ct);
+    else
+        c->ctx = redisConnectWithTimeout(c->ep->host, c->ep->port, ct);
+    if (!c->ctx)
+        return mpx__fail(MPX_ENOMEM, "out of memory (redis context)");
+    if (c->ctx->err) {
+        char w[160];
+        int rc = mpx__fail(MPX_ECONN, "cannot connect to redis %s (%s connection): %s",
+                           where(c, w, sizeof w), c->name, c->ctx->errstr);
+        count_error(c);
+        mpx__conn_close(c);
+        return rc;
+    }
+    redisSetTimeout(c->ctx, tv_ms(c->command_timeout_ms));
+    redisEnableKeepAlive(c->ctx);
+
+    int rc = 0;
+    redisReply *r;
+    if (c->ep->password) {
+        const char *argv[3] = {"AUTH", c->ep->user, c->ep->password};
+        size_t lens[3] = {4, c->ep->user ? strlen(c->ep->user) : 0, strlen(c->ep->password)};
+        if (c->ep->user)
+            r = setup_cmd(c, &rc, 3, argv, lens);
+        else {
+            argv[1] = c->ep->password;
+            lens[1] = lens[2];
+            r = setup_cmd(c, &rc, 2, argv, lens);
+        }
+        if (!r)
+            return rc;
+        freeReplyObject(r);
+    }
+    if (c->ep->db > 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", c->ep->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, strlen(db)};
+        if (!(r = setup_cmd(c, &rc, 2, argv, lens)))
+            return rc;
+        freeReplyObject(r);
+    }
+    if ((rc = read_run_id(c)) != 0 || (rc = load_scripts(c)) != 0)
+        return rc;
+    c->backoff_ms = 0;
+    c->next_attempt_ms = 0;
+    return 0;
+}
+
+int mpx__conn_append(mpx__conn_t *c, mpx__argv_t *a)
+{
+    mpx__argv_finish(a);
+    if (redisAppendCommandArgv(c->ctx, (int)a->argc, a->argv, a->lens) != REDIS_OK)
+        return mpx__conn_io_error(c, "append");
+    return 0;
+}
+
+int mpx__conn_read(mpx__conn_t *c, redisReply **out)
+{
+    void *r = NULL;
+    *out = NULL;
+    if (redisGetReply(c->ctx, &r) != REDIS_OK || !r)
+        return mpx__conn_io_error(c, "read");
+    *out = r;
+    return 0;
+}
+
+int mpx__conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
+{
+    *out = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int rc = mpx__conn_ensure(c, false);
+        if (rc)
+            return rc;
+        redisReply *r;
+        if ((rc = mpx__conn_append(c, a)) || (rc = mpx__conn_read(c, &r)))
+            return rc;
+        if (r->type != REDIS_REPLY_ERROR) {
+            *out = r;
+            return 0;
+        }
+        if (attempt == 0 && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+            /* Scripts flushed (SCRIPT FLUSH, failover): load and retry. */
+            freeReplyObject(r);
+            if ((rc = load_scripts(c)) != 0)
+                return rc;
+            continue;
+        }
+        rc = mpx__fail(MPX_EREDIS, "redis: %.*s failed: %s", (int)a->lens[0], a->argv[0], r->str);
+        count_error(c);
+        freeReplyObject(r);
+        return rc;
+    }
+    return mpx__fail(MPX_EREDIS, "redis: NOSCRIPT after reloading the scripts");
+}

@@ -1,0 +1,429 @@
+/*
+ * keys.c - key names, Lua scripts and command building. No I/O.
+ *
+ * Everything that decides what the keyspace looks like is in this file, so
+ * that it can be tested without Redis and so that another layout (Redis
+ * Cluster, a later issue) replaces one file's worth of decisions. The
+ * original's keys (docs/keyspace.md):
+ *
+ *   NS sparks              hash  spark id -> address
+ *   NS <address>:sparks    set   the spark ids of that server
+ *   NS servers             set   registered addresses
+ *   NS <address>           string, PX interval: the alive key (epoch ms)
+ *
+ * Our extensions:
+ *   NS <address>:lease     string, PX lease: instance id of the live C
+ *                          process holding the address
+ *   NS drains              hash  aside key -> address: cleanups in progress
+ *   NS <address>:sparks:draining:<token>
+ *                          set   a retired server's sparks, being cleaned
+ *
+ * Every script declares all the keys it touches in KEYS.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- growable buffer ----------------------------------------------------- */
+
+int mpx__buf_reserve(mpx__buf_t *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        return MPX_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int mpx__buf_append(mpx__buf_t *b, const void *p, size_t n)
+{
+    if (mpx__buf_reserve(b, n + 1))
+        return MPX_ENOMEM;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+    return 0;
+}
+
+void mpx__buf_free(mpx__buf_t *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- argument vectors ------------------------------------------------------ */
+
+void mpx__argv_init(mpx__argv_t *a)
+{
+    memset(a, 0, sizeof *a);
+}
+
+void mpx__argv_reset(mpx__argv_t *a)
+{
+    a->argc = 0;
+    a->store.len = 0;
+    a->nowned = 0;
+}
+
+void mpx__argv_free(mpx__argv_t *a)
+{
+    free(a->argv);
+    free(a->lens);
+    free(a->owned);
+    mpx__buf_free(&a->store);
+    memset(a, 0, sizeof *a);
+}
+
+static int argv_grow(mpx__argv_t *a)
+{
+    if (a->argc < a->cap)
+        return 0;
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    const char **v = realloc(a->argv, cap * sizeof *v);
+    if (!v)
+        return MPX_ENOMEM;
+    a->argv = v;
+    size_t *l = realloc(a->lens, cap * sizeof *l);
+    if (!l)
+        return MPX_ENOMEM;
+    a->lens = l;
+    a->cap = cap;
+    return 0;
+}
+
+int mpx__argv_push(mpx__argv_t *a, const void *p, size_t n)
+{
+    if (argv_grow(a))
+        return MPX_ENOMEM;
+    a->argv[a->argc] = p;
+    a->lens[a->argc] = n;
+    a->argc++;
+    return 0;
+}
+
+static int push_owned(mpx__argv_t *a, size_t off, size_t n)
+{
+    if (argv_grow(a))
+        return MPX_ENOMEM;
+    if (a->nowned == a->owned_cap) {
+        size_t cap = a->owned_cap ? a->owned_cap * 2 : 8;
+        size_t *o = realloc(a->owned, cap * sizeof *o);
+        if (!o)
+            return MPX_ENOMEM;
+        a->owned = o;
+        a->owned_cap = cap;
+    }
+    a->owned[a->nowned++] = a->argc;
+    a->argv[a->argc] = (const char *)(uintptr_t)off; /* resolved by finish */
+    a->lens[a->argc] = n;
+    a->argc++;
+    return 0;
+}
+
+int mpx__argv_pushf(mpx__argv_t *a, const char *fmt, ...)
+{
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return MPX_EINVAL;
+    size_t off = a->store.len;
+    if (mpx__buf_append(&a->store, tmp, (size_t)n + 1))
+        return MPX_ENOMEM;
+    return push_owned(a, off, (size_t)n);
+}
+
+int mpx__argv_pushcat(mpx__argv_t *a, const char *p1, size_t n1, const char *p2, size_t n2)
+{
+    size_t off = a->store.len;
+    if (mpx__buf_append(&a->store, p1, n1) || mpx__buf_append(&a->store, p2, n2) ||
+        mpx__buf_append(&a->store, "", 1))
+        return MPX_ENOMEM;
+    return push_owned(a, off, n1 + n2);
+}
+
+void mpx__argv_finish(mpx__argv_t *a)
+{
+    for (size_t i = 0; i < a->nowned; i++) {
+        size_t idx = a->owned[i];
+        a->argv[idx] = a->store.data + (uintptr_t)a->argv[idx];
+    }
+    a->nowned = 0;
+}
+
+/* ---- key names ------------------------------------------------------------ */
+
+static char *cat2(const char *a, const char *b, size_t *len)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (!s)
+        return NULL;
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb + 1);
+    *len = la + lb;
+    return s;
+}
+
+int mpx__keys_init(mpx__keys_t *k, const char *ns)
+{
+    memset(k, 0, sizeof *k);
+    if (!(k->ns = cat2(ns, ":", &k->ns_len)) ||
+        !(k->sparks = cat2(k->ns, "sparks", &k->sparks_len)) ||
+        !(k->servers = cat2(k->ns, "servers", &k->servers_len)) ||
+        !(k->drains = cat2(k->ns, "drains", &k->drains_len))) {
+        mpx__keys_free(k);
+        return MPX_ENOMEM;
+    }
+    return 0;
+}
+
+void mpx__keys_free(mpx__keys_t *k)
+{
+    free(k->ns);
+    free(k->sparks);
+    free(k->servers);
+    free(k->drains);
+    memset(k, 0, sizeof *k);
+}
+
+int mpx__key_alive(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
+{
+    return mpx__argv_pushcat(a, k->ns, k->ns_len, addr, strlen(addr));
+}
+
+static int key_suffixed(const mpx__keys_t *k, const char *addr, const char *suffix,
+                        mpx__argv_t *a)
+{
+    size_t al = strlen(addr), sl = strlen(suffix);
+    char tmp[MPX_NAMESPACE_MAX + MPX_ADDRESS_MAX + 128];
+    if (k->ns_len + al + sl >= sizeof tmp)
+        return MPX_ETOOBIG;
+    memcpy(tmp, addr, al);
+    memcpy(tmp + al, suffix, sl);
+    return mpx__argv_pushcat(a, k->ns, k->ns_len, tmp, al + sl);
+}
+
+int mpx__key_set(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
+{
+    return key_suffixed(k, addr, ":sparks", a);
+}
+
+int mpx__key_lease(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
+{
+    return key_suffixed(k, addr, ":lease", a);
+}
+
+int mpx__key_aside(const mpx__keys_t *k, const char *addr, const char *token, mpx__argv_t *a)
+{
+    char suffix[128];
+    int n = snprintf(suffix, sizeof suffix, ":sparks:draining:%s", token);
+    if (n < 0 || (size_t)n >= sizeof suffix)
+        return MPX_ETOOBIG;
+    return key_suffixed(k, addr, suffix, a);
+}
+
+/* ---- scripts ---------------------------------------------------------------- */
+
+/* register: KEYS servers alive set lease drains aside;
+ * ARGV address interval now instance lease_ms.
+ * -> {1, moved} or {-1, pttl_of_lease, holder} */
+static const char script_register[] =
+    "local holder = redis.call('GET', KEYS[4])\n"
+    "if holder and holder ~= ARGV[4] then\n"
+    "  return {-1, redis.call('PTTL', KEYS[4]), holder}\n"
+    "end\n"
+    "local moved = 0\n"
+    "if holder ~= ARGV[4] and redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  redis.call('RENAME', KEYS[3], KEYS[6])\n"
+    "  redis.call('HSET', KEYS[5], KEYS[6], ARGV[1])\n"
+    "  moved = 1\n"
+    "end\n"
+    "redis.call('SADD', KEYS[1], ARGV[1])\n"
+    "redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])\n"
+    "redis.call('PSETEX', KEYS[4], ARGV[5], ARGV[4])\n"
+    "return {1, moved}\n";
+
+/* heartbeat: KEYS servers alive lease;
+ * ARGV address interval now instance lease_ms refresh_alive.
+ * -> {-1, holder} (address taken over) or {was_present, alive_existed} */
+static const char script_heartbeat[] =
+    "local holder = redis.call('GET', KEYS[3])\n"
+    "if holder and holder ~= ARGV[4] then return {-1, holder} end\n"
+    "local present = redis.call('SADD', KEYS[1], ARGV[1]) == 0 and 1 or 0\n"
+    "local alive = redis.call('EXISTS', KEYS[2])\n"
+    "if ARGV[6] == '1' or present == 0 or alive == 0 then\n"
+    "  redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])\n"
+    "end\n"
+    "redis.call('PSETEX', KEYS[3], ARGV[5], ARGV[4])\n"
+    "return {present, alive}\n";
+
+/* retire (reap, or unregister when force): KEYS servers alive set lease
+ * drains aside; ARGV address instance force.
+ * -> {-1, 0} lease held by another instance (force)
+ *    {0, 0}  alive: not reaped (never a server whose alive key exists)
+ *    {was_registered, moved} */
+static const char script_retire[] =
+    "local holder = redis.call('GET', KEYS[4])\n"
+    "if ARGV[3] == '1' then\n"
+    "  if holder and holder ~= ARGV[2] then return {-1, 0} end\n"
+    "elseif holder or redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  return {0, 0}\n"
+    "end\n"
+    "local was = redis.call('SREM', KEYS[1], ARGV[1])\n"
+    "local moved = 0\n"
+    "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  redis.call('RENAME', KEYS[3], KEYS[6])\n"
+    "  redis.call('HSET', KEYS[5], KEYS[6], ARGV[1])\n"
+    "  moved = 1\n"
+    "end\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "if holder then redis.call('DEL', KEYS[4]) end\n"
+    "return {was, moved}\n";
+
+/* drain one chunk: KEYS aside sparks live_set drains; ARGV address count.
+ * A field is deleted only while it names the address and the id is not in
+ * the address's live set (a new process at the same address may hold it).
+ * -> {popped, removed, left} */
+static const char script_drain[] =
+    "local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))\n"
+    "local removed = 0\n"
+    "for i = 1, #ids do\n"
+    "  local id = ids[i]\n"
+    "  if redis.call('HGET', KEYS[2], id) == ARGV[1] and\n"
+    "     redis.call('SISMEMBER', KEYS[3], id) == 0 then\n"
+    "    redis.call('HDEL', KEYS[2], id)\n"
+    "    removed = removed + 1\n"
+    "  end\n"
+    "end\n"
+    "local left = redis.call('SCARD', KEYS[1])\n"
+    "if left == 0 then redis.call('HDEL', KEYS[4], KEYS[1]) end\n"
+    "return {#ids, removed, left}\n";
+
+/* disconnect: KEYS sparks set; ARGV address id...
+ * The hash field goes only while it still names this server. -> removed */
+static const char script_disconnect[] =
+    "local n = 0\n"
+    "for i = 2, #ARGV do\n"
+    "  local id = ARGV[i]\n"
+    "  if redis.call('HGET', KEYS[1], id) == ARGV[1] then\n"
+    "    redis.call('HDEL', KEYS[1], id)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "  redis.call('SREM', KEYS[2], id)\n"
+    "end\n"
+    "return n\n";
+
+static const struct {
+    const char *name, *source;
+} scripts[MPX__SCRIPT_COUNT] = {
+    [MPX__SCRIPT_REGISTER] = {"register", script_register},
+    [MPX__SCRIPT_HEARTBEAT] = {"heartbeat", script_heartbeat},
+    [MPX__SCRIPT_RETIRE] = {"retire", script_retire},
+    [MPX__SCRIPT_DRAIN] = {"drain", script_drain},
+    [MPX__SCRIPT_DISCONNECT] = {"disconnect", script_disconnect},
+};
+
+const char *mpx__script_source(int id)
+{
+    return id >= 0 && id < MPX__SCRIPT_COUNT ? scripts[id].source : NULL;
+}
+
+const char *mpx__script_name(int id)
+{
+    return id >= 0 && id < MPX__SCRIPT_COUNT ? scripts[id].name : "?";
+}
+
+/* ---- commands ---------------------------------------------------------------- */
+
+static int push_str(mpx__argv_t *a, const char *s)
+{
+    return mpx__argv_push(a, s, strlen(s));
+}
+
+int mpx__cmd_register(const mpx__keys_t *k, const char *sha, const char *addr,
+                      uint32_t interval_ms, uint64_t now_ms, const char *instance,
+                      uint32_t lease_ms, const char *token, mpx__argv_t *a)
+{
+    int rc = 0;
+    rc |= push_str(a, "EVALSHA");
+    rc |= push_str(a, sha);
+    rc |= push_str(a, "6");
+    rc |= mpx__argv_push(a, k->servers, k->servers_len);
+    rc |= mpx__key_alive(k, addr, a);
+    rc |= mpx__key_set(k, addr, a);
+    rc |= mpx__key_lease(k, addr, a);
+    rc |= mpx__argv_push(a, k->drains, k->drains_len);
+    rc |= mpx__key_aside(k, addr, token, a);
+    rc |= push_str(a, addr);
+    rc |= mpx__argv_pushf(a, "%u", interval_ms);
+    rc |= mpx__argv_pushf(a, "%llu", (unsigned long long)now_ms);
+    rc |= push_str(a, instance);
+    rc |= mpx__argv_pushf(a, "%u", lease_ms);
+    return rc ? MPX_ENOMEM : 0;
+}
+
+int mpx__cmd_heartbeat(const mpx__keys_t *k, const char *sha, const char *addr,
+                       uint32_t interval_ms, uint64_t now_ms, const char *instance,
+                       uint32_t lease_ms, int alive, mpx__argv_t *a)
+{
+    int rc = 0;
+    rc |= push_str(a, "EVALSHA");
+    rc |= push_str(a, sha);
+    rc |= push_str(a, "3");
+    rc |= mpx__argv_push(a, k->servers, k->servers_len);
+    rc |= mpx__key_alive(k, addr, a);
+    rc |= mpx__key_lease(k, addr, a);
+    rc |= push_str(a, addr);
+    rc |= mpx__argv_pushf(a, "%u", interval_ms);
+    rc |= mpx__argv_pushf(a, "%llu", (unsigned long long)now_ms);
+    rc |= push_str(a, instance);
+    rc |= mpx__argv_pushf(a, "%u", lease_ms);
+    rc |= push_str(a, alive ? "1" : "0");
+    return rc ? MPX_ENOMEM : 0;
+}
+
+int mpx__cmd_retire(const mpx__keys_t *k, const char *sha, const char *addr,
+                    const char *instance, const char *token, int force, mpx__argv_t *a)
+{
+    int rc = 0;
+    rc |= push_str(a, "EVALSHA");
+    rc |= push_str(a, sha);
+    rc |= push_str(a, "6");
+    rc |= mpx__argv_push(a, k->servers, k->servers_len);
+    rc |= mpx__key_alive(k, addr, a);
+    rc |= mpx__key_set(k, addr, a);
+    rc |= mpx__key_lease(k, addr, a);
+    rc |= mpx__argv_push(a, k->drains, k->drains_len);
+    rc |= mpx__key_aside(k, addr, token, a);
+    rc |= push_str(a, addr);
+    rc |= push_str(a, instance);
+    rc |= push_str(a, force ? "1" : "0");
+    return rc ? MPX_ENOMEM : 0;
+}
+
+int mpx__cmd_drain(const mpx__keys_t *k, const char *sha, const char *aside_key,
+                   size_t aside_len, const char *addr, uint32_t chunk, mpx__argv_t *a)
+{
+    int rc = 0;
+    rc |= push_str(a, "EVALSHA");
+    rc |= push_str(a, sha);
+    rc |= push_str(a, "4");
+    rc |= mpx__argv_push(a, aside_key, aside_len);
+    rc |= mpx__argv_push(a, k->sparks, k->sparks_len);
+    rc |= mpx__key_set(k, addr, a);
+    rc |= mpx__argv_push(a, k->drains, k->drains_len);
+    rc |= push_str(a, addr);
+    rc |= mpx__argv_pushf(a, "%u", chunk);
+    return rc ? MPX_ENOMEM : 0;
+}

@@ -1,0 +1,442 @@
+/*
+ * registry.c - the handle: create/destroy, connect/disconnect, lookups,
+ * servers, stats.
+ *
+ * mpx_create validates the options, copies the strings it keeps, and
+ * starts two threads: the writer (writer.c) and the heartbeat
+ * (lifecycle.c). It never talks to Redis itself.
+ *
+ * Lookups and mpx_servers share one connection (sync_conn) under sync_mu;
+ * this server's own sparks are answered from the local table without
+ * Redis.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+void mpx__report(mpx_t *m, int err, const char *fmt, ...)
+{
+    if (!m->opt.on_error)
+        return;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    m->opt.on_error(m, err, msg, m->opt.on_error_data);
+}
+
+void mpx__token(mpx_t *m, char out[64])
+{
+    unsigned long long seq = atomic_fetch_add_explicit(&m->token_seq, 1, memory_order_relaxed);
+    snprintf(out, 64, "%s-%llu", m->instance, seq);
+}
+
+static void make_instance_id(char out[40])
+{
+    unsigned char rnd[12] = {0};
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, rnd, sizeof rnd) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (got != (ssize_t)sizeof rnd) {
+        /* Fall back on time and pid: unique enough per host. */
+        uint64_t t = mpx__epoch_ms() ^ ((uint64_t)getpid() << 32) ^ mpx__now_ms();
+        memcpy(rnd, &t, sizeof t);
+    }
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(out + 2 * i, 3, "%02x", rnd[i]);
+}
+
+static char *dup_str(const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+static void free_handle(mpx_t *m)
+{
+    mpx__table_destroy(m->table);
+    mpx__conn_close(&m->life_conn);
+    mpx__conn_close(&m->sync_conn);
+    mpx__keys_free(&m->keys);
+    mpx__endpoint_free(&m->ep);
+    free(m->redis_url);
+    free(m->ns);
+    pthread_mutex_destroy(&m->life_mu);
+    pthread_mutex_destroy(&m->addr_mu);
+    pthread_mutex_destroy(&m->hb_mu);
+    pthread_cond_destroy(&m->hb_cond);
+    pthread_mutex_destroy(&m->sync_mu);
+    free(m);
+}
+
+int mpx_create(const mpx_options_t *opts, mpx_t **out)
+{
+    mpx__clear_error();
+    if (!out)
+        return mpx__fail(MPX_EINVAL, "mpx_create: out must not be NULL");
+    *out = NULL;
+    mpx_options_t o;
+    int rc = mpx__check_options(opts, &o);
+    if (rc)
+        return rc;
+    mpx_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    pthread_mutex_init(&m->life_mu, NULL);
+    pthread_mutex_init(&m->addr_mu, NULL);
+    pthread_mutex_init(&m->hb_mu, NULL);
+    pthread_cond_init(&m->hb_cond, NULL);
+    pthread_mutex_init(&m->sync_mu, NULL);
+    m->opt = o;
+    m->redis_url = dup_str(o.redis_url);
+    m->ns = dup_str(o.ns);
+    if (!m->redis_url || !m->ns) {
+        free_handle(m);
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    }
+    m->opt.redis_url = m->redis_url;
+    m->opt.ns = m->ns;
+    m->opt.address = NULL; /* copied into m->address below */
+    if ((rc = mpx__parse_redis_url(m->redis_url, &m->ep)) != 0 ||
+        (rc = mpx__keys_init(&m->keys, m->ns)) != 0) {
+        free_handle(m);
+        return rc == MPX_ENOMEM ? mpx__fail(rc, "out of memory") : rc;
+    }
+    if (!(m->table = mpx__table_create(o.size_hint))) {
+        free_handle(m);
+        return mpx__fail(MPX_ENOMEM, "out of memory (spark table)");
+    }
+    make_instance_id(m->instance);
+    mpx__conn_init(&m->life_conn, &m->ep, o.connect_timeout_ms, o.command_timeout_ms,
+                   "heartbeat", &m->n.redis_errors);
+    mpx__conn_init(&m->sync_conn, &m->ep, o.connect_timeout_ms, o.command_timeout_ms, "lookup",
+                   &m->n.redis_errors);
+    if (o.address) {
+        mpx__check_address(o.address, "options.address", m->address);
+        m->state = MPX__REGISTERING; /* the heartbeat thread registers it */
+    }
+    if ((rc = mpx__writer_start(m)) != 0) {
+        free_handle(m);
+        return rc;
+    }
+    if ((rc = mpx__lifecycle_start(m)) != 0) {
+        mpx__writer_stop(m, 0);
+        free_handle(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void mpx_destroy(mpx_t *mpx)
+{
+    if (!mpx)
+        return;
+    atomic_store(&mpx->closing, true);
+    mpx__lifecycle_stop(mpx);
+    size_t left = mpx__writer_stop(mpx, 2 * mpx->opt.command_timeout_ms);
+    if (left)
+        mpx__report(mpx, MPX_ETIMEDOUT, "destroy: %zu queued changes could not be written", left);
+    free_handle(mpx);
+}
+
+/* ---- sparks --------------------------------------------------------------------- */
+
+typedef struct push_ctx {
+    mpx_t *m;
+    int kind;
+} push_ctx_t;
+
+static int push_hook(const void *id, size_t len, void *data)
+{
+    push_ctx_t *p = data;
+    return mpx__writer_push(p->m, p->kind, id, len);
+}
+
+static int change(mpx_t *mpx, int kind, const void *id, size_t len)
+{
+    mpx__clear_error();
+    if (!mpx)
+        return mpx__fail(MPX_EINVAL, "registry is NULL");
+    int rc = mpx__check_id(id, len);
+    if (rc)
+        return rc;
+    if (atomic_load_explicit(&mpx->closing, memory_order_relaxed))
+        return mpx__fail(MPX_ECLOSED, "the registry is being destroyed");
+    push_ctx_t p = {mpx, kind};
+    rc = kind == MPX__OP_CONNECT ? mpx__table_add(mpx->table, id, len, push_hook, &p)
+                                 : mpx__table_del(mpx->table, id, len, push_hook, &p);
+    if (rc == MPX_ENOMEM)
+        return mpx__fail(rc, "out of memory recording a spark");
+    return rc < 0 ? rc : 0;
+}
+
+int mpx_connect(mpx_t *mpx, const void *id, size_t len)
+{
+    return change(mpx, MPX__OP_CONNECT, id, len);
+}
+
+int mpx_disconnect(mpx_t *mpx, const void *id, size_t len)
+{
+    return change(mpx, MPX__OP_DISCONNECT, id, len);
+}
+
+int mpx_flush(mpx_t *mpx, uint32_t timeout_ms)
+{
+    mpx__clear_error();
+    if (!mpx)
+        return mpx__fail(MPX_EINVAL, "registry is NULL");
+    char addr[MPX_ADDRESS_MAX + 1];
+    if (mpx__get_address(mpx, addr) == MPX__UNREGISTERED && mpx__writer_pending(mpx) > 0)
+        return mpx__fail(MPX_ESTATE, "flush: not registered; %llu changes wait for mpx_register",
+                         (unsigned long long)mpx__writer_pending(mpx));
+    return mpx__writer_flush(mpx, timeout_ms);
+}
+
+/* ---- lookups ---------------------------------------------------------------------- */
+
+static int copy_out(const char *s, size_t n, char *buf, size_t *buflen)
+{
+    size_t cap = *buflen;
+    *buflen = n;
+    if (!buf || cap < n + 1)
+        return mpx__fail(MPX_ENOSPC, "buffer of %zu bytes is too small for %zu bytes + NUL", cap,
+                         n);
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    return 0;
+}
+
+int mpx_address(mpx_t *mpx, char *buf, size_t *len)
+{
+    mpx__clear_error();
+    if (!mpx || !len)
+        return mpx__fail(MPX_EINVAL, "mpx_address: NULL argument");
+    char addr[MPX_ADDRESS_MAX + 1];
+    mpx__get_address(mpx, addr);
+    if (!addr[0])
+        return mpx__fail(MPX_ENOTFOUND, "no address: not registered");
+    return copy_out(addr, strlen(addr), buf, len);
+}
+
+/* Own spark? Then its address is ours (if we have one). */
+static bool local_hit(mpx_t *m, const void *id, size_t len, char addr[MPX_ADDRESS_MAX + 1])
+{
+    if (!mpx__table_has(m->table, id, len))
+        return false;
+    return mpx__get_address(m, addr) != MPX__UNREGISTERED && addr[0];
+}
+
+static int sync_command(mpx_t *m, mpx__argv_t *a, redisReply **r)
+{
+    pthread_mutex_lock(&m->sync_mu);
+    int rc = mpx__conn_command(&m->sync_conn, a, r);
+    pthread_mutex_unlock(&m->sync_mu);
+    return rc;
+}
+
+int mpx_spark(mpx_t *mpx, const void *id, size_t len, char *buf, size_t *buflen)
+{
+    mpx__clear_error();
+    if (!mpx || !buflen)
+        return mpx__fail(MPX_EINVAL, "mpx_spark: NULL argument");
+    int rc = mpx__check_id(id, len);
+    if (rc)
+        return rc;
+    char addr[MPX_ADDRESS_MAX + 1];
+    if (local_hit(mpx, id, len, addr))
+        return copy_out(addr, strlen(addr), buf, buflen);
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    mpx__argv_push(&a, "HGET", 4);
+    mpx__argv_push(&a, mpx->keys.sparks, mpx->keys.sparks_len);
+    mpx__argv_push(&a, id, len);
+    redisReply *r;
+    rc = sync_command(mpx, &a, &r);
+    mpx__argv_free(&a);
+    if (rc)
+        return rc;
+    if (r->type == REDIS_REPLY_NIL)
+        rc = mpx__fail(MPX_ENOTFOUND, "spark not found");
+    else if (r->type != REDIS_REPLY_STRING)
+        rc = mpx__fail(MPX_EPROTO, "HGET %s: not a string reply", mpx->keys.sparks);
+    else
+        rc = copy_out(r->str, r->len, buf, buflen);
+    freeReplyObject(r);
+    return rc;
+}
+
+void mpx_list_free(mpx_list_t *list)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < list->count; i++)
+        free(list->items[i]);
+    free(list->items);
+    free(list->lens);
+    free(list);
+}
+
+static mpx_list_t *list_new(size_t n)
+{
+    mpx_list_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->items = calloc(n ? n : 1, sizeof *l->items);
+    l->lens = calloc(n ? n : 1, sizeof *l->lens);
+    if (!l->items || !l->lens) {
+        mpx_list_free(l);
+        return NULL;
+    }
+    l->count = n;
+    return l;
+}
+
+static int list_set(mpx_list_t *l, size_t i, const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (!d)
+        return MPX_ENOMEM;
+    memcpy(d, s, n);
+    d[n] = 0;
+    l->items[i] = d;
+    l->lens[i] = n;
+    return 0;
+}
+
+int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
+               mpx_list_t **out)
+{
+    mpx__clear_error();
+    if (!mpx || !out || (!ids && n))
+        return mpx__fail(MPX_EINVAL, "mpx_sparks: NULL argument");
+    *out = NULL;
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = lens ? lens[i] : (ids[i] ? strlen(ids[i]) : 0);
+        if ((rc = mpx__check_id(ids[i], len)) != 0)
+            return mpx__fail(rc, "mpx_sparks: id %zu: %s", i, mpx_last_error());
+    }
+    mpx_list_t *l = list_new(n);
+    if (!l)
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    size_t *miss = malloc((n ? n : 1) * sizeof *miss), nmiss = 0;
+    rc = miss ? 0 : MPX_ENOMEM;
+    if (rc == 0)
+        rc = mpx__argv_push(&a, "HMGET", 5) |
+             mpx__argv_push(&a, mpx->keys.sparks, mpx->keys.sparks_len);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t len = lens ? lens[i] : strlen(ids[i]);
+        char addr[MPX_ADDRESS_MAX + 1];
+        if (local_hit(mpx, ids[i], len, addr)) {
+            rc = list_set(l, i, addr, strlen(addr));
+        } else {
+            miss[nmiss++] = i;
+            rc = mpx__argv_push(&a, ids[i], len);
+        }
+    }
+    if (rc) {
+        rc = mpx__fail(MPX_ENOMEM, "out of memory");
+    } else if (nmiss > 0) {
+        redisReply *r;
+        rc = sync_command(mpx, &a, &r);
+        if (rc == 0) {
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != nmiss) {
+                rc = mpx__fail(MPX_EPROTO, "HMGET %s: unexpected reply", mpx->keys.sparks);
+            } else {
+                for (size_t k = 0; rc == 0 && k < nmiss; k++) {
+                    redisReply *e = r->element[k];
+                    if (e->type == REDIS_REPLY_STRING)
+                        rc = list_set(l, miss[k], e->str, e->len);
+                }
+                if (rc)
+                    rc = mpx__fail(MPX_ENOMEM, "out of memory");
+            }
+            freeReplyObject(r);
+        }
+    }
+    free(miss);
+    mpx__argv_free(&a);
+    if (rc) {
+        mpx_list_free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+int mpx_servers(mpx_t *mpx, int include_self, mpx_list_t **out)
+{
+    mpx__clear_error();
+    if (!mpx || !out)
+        return mpx__fail(MPX_EINVAL, "mpx_servers: NULL argument");
+    *out = NULL;
+    char self[MPX_ADDRESS_MAX + 1];
+    mpx__get_address(mpx, self);
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    mpx__argv_push(&a, "SMEMBERS", 8);
+    mpx__argv_push(&a, mpx->keys.servers, mpx->keys.servers_len);
+    redisReply *r;
+    int rc = sync_command(mpx, &a, &r);
+    mpx__argv_free(&a);
+    if (rc)
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return mpx__fail(MPX_EPROTO, "SMEMBERS %s: not a set", mpx->keys.servers);
+    }
+    mpx_list_t *l = list_new(r->elements);
+    size_t k = 0;
+    for (size_t i = 0; l && rc == 0 && i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        if (!include_self && self[0] && strcmp(e->str, self) == 0)
+            continue;
+        rc = list_set(l, k++, e->str, e->len);
+    }
+    freeReplyObject(r);
+    if (!l || rc) {
+        mpx_list_free(l);
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    }
+    l->count = k;
+    *out = l;
+    return 0;
+}
+
+int mpx_stats(mpx_t *mpx, mpx_stats_t *out)
+{
+    mpx__clear_error();
+    if (!mpx || !out)
+        return mpx__fail(MPX_EINVAL, "mpx_stats: NULL argument");
+    memset(out, 0, sizeof *out);
+#define LOAD(f) atomic_load_explicit(&mpx->n.f, memory_order_relaxed)
+    out->local_sparks = mpx__table_count(mpx->table);
+    out->queued = LOAD(queued);
+    out->committed = LOAD(committed);
+    out->pending = mpx__writer_pending(mpx);
+    out->batches = LOAD(batches);
+    out->redis_errors = LOAD(redis_errors);
+    out->retries = LOAD(retries);
+    out->heartbeats = LOAD(heartbeats);
+    out->reaped_servers = LOAD(reaped_servers);
+    out->reaped_sparks = LOAD(reaped_sparks);
+    out->reregistered = LOAD(reregistered);
+#undef LOAD
+    return 0;
+}

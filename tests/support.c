@@ -1,0 +1,103 @@
+/* support.c - see support.h. */
+#include "support.h"
+
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static redis_proc_t private_redis;
+static char private_url[64];
+
+static void stop_private(void)
+{
+    redis_proc_destroy(&private_redis);
+}
+
+const char *t_redis_url(void)
+{
+    const char *env = getenv("MPX_TEST_REDIS_URL");
+    if (env && *env)
+        return env;
+    if (!private_url[0]) {
+        if (redis_proc_start(&private_redis, NULL) != 0)
+            cr_assert_fail("cannot start a private redis-server");
+        snprintf(private_url, sizeof private_url, "%s", private_redis.url);
+        atexit(stop_private);
+    }
+    return private_url;
+}
+
+const char *t_ns(void)
+{
+    static unsigned counter;
+    char buf[96];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(buf, sizeof buf, "mpxt%ld-%u-%ld", (long)getpid(), ++counter,
+             (long)(ts.tv_nsec % 1000000));
+    return strdup(buf); /* lives until exit, by design */
+}
+
+redisContext *t_connect(const char *url)
+{
+    if (!url)
+        url = t_redis_url();
+    int port = 0;
+    if (sscanf(url, "redis://127.0.0.1:%d", &port) != 1)
+        cr_assert_fail("t_connect: unsupported url %s", url);
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    cr_assert(c && !c->err, "t_connect: cannot connect to %s", url);
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+redisReply *t_cmd(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    cr_assert(r != NULL, "t_cmd: %s failed: %s", fmt, c->errstr);
+    return r;
+}
+
+long long t_int(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    cr_assert(r != NULL, "t_int: %s failed: %s", fmt, c->errstr);
+    cr_assert(r->type == REDIS_REPLY_INTEGER, "t_int: %s: not an integer (type %d %s)", fmt,
+              r->type, r->str ? r->str : "");
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+void t_options(mpx_options_t *o, const char *url)
+{
+    mpx_options_init(o);
+    o->redis_url = url ? url : t_redis_url();
+    o->ns = t_ns();
+    o->connect_timeout_ms = 1000;
+    o->command_timeout_ms = 2000;
+}
+
+uint64_t t_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void t_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}

@@ -1,0 +1,39 @@
+/*
+ * support.h - shared helpers for the Criterion suites.
+ *
+ * Integration tests talk to a real redis-server. The test command
+ * (tools/test.sh) starts one on a free loopback port and exports its URL as
+ * MPX_TEST_REDIS_URL; without it, the first call to t_redis_url() starts a
+ * private one for this process (stopped at exit). Each test uses its own
+ * namespace (t_ns()), so tests can run in parallel against one server.
+ * Tests that kill or restart Redis start their own with redis_proc_start().
+ */
+#ifndef MPX_TEST_SUPPORT_H
+#define MPX_TEST_SUPPORT_H
+
+#include <hiredis/hiredis.h>
+#include <stdint.h>
+
+#include "metroplex.h"
+#include "redis_proc.h"
+
+/* URL of the shared test redis-server. */
+const char *t_redis_url(void);
+/* A fresh namespace, unique to this process and call. Static storage per
+ * call site is not needed: the string lives until exit. */
+const char *t_ns(void);
+/* A direct hiredis connection to `url` (NULL: the shared server); aborts the
+ * test on failure. Free with redisFree(). */
+redisContext *t_connect(const char *url);
+/* Run a command on `c` and return the reply (never NULL: aborts the test). */
+redisReply *t_cmd(redisContext *c, const char *fmt, ...);
+/* Integer result of a command (EXISTS, SCARD, HLEN, ...). */
+long long t_int(redisContext *c, const char *fmt, ...);
+/* Options with the test server, a fresh namespace and short timings. */
+void t_options(mpx_options_t *o, const char *url);
+/* Monotonic milliseconds. */
+uint64_t t_now_ms(void);
+/* Sleep. */
+void t_sleep_ms(unsigned ms);
+
+#endif
