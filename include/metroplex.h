@@ -132,7 +132,7 @@ typedef struct mpx_options {
     uint32_t lease_ms;
 
     /* Cleanup of a dead server's sparks runs in chunks of this many ids per
-     * Redis script call. Default 1000; 1..100000. */
+     * Redis script call. Default 1000; 1..5000. */
     uint32_t reap_chunk;
 
     /* The writer thread sends a batch when it holds batch_max changes or

@@ -294,17 +294,23 @@ static const char script_retire[] =
 /* drain one chunk: KEYS aside sparks live_set drains; ARGV address count.
  * A field is deleted only while it names the address and the id is not in
  * the address's live set (a new process at the same address may hold it).
+ * unpack() is bounded by Lua's C stack (about 8000): reap_chunk <= 5000.
  * -> {popped, removed, left} */
 static const char script_drain[] =
     "local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))\n"
     "local removed = 0\n"
-    "for i = 1, #ids do\n"
-    "  local id = ids[i]\n"
-    "  if redis.call('HGET', KEYS[2], id) == ARGV[1] and\n"
-    "     redis.call('SISMEMBER', KEYS[3], id) == 0 then\n"
-    "    redis.call('HDEL', KEYS[2], id)\n"
-    "    removed = removed + 1\n"
+    "if #ids > 0 then\n"
+    "  local owners = redis.call('HMGET', KEYS[2], unpack(ids))\n"
+    "  local check = redis.call('EXISTS', KEYS[3]) == 1\n"
+    "  local del = {}\n"
+    "  for i = 1, #ids do\n"
+    "    if owners[i] == ARGV[1] and\n"
+    "       (not check or redis.call('SISMEMBER', KEYS[3], ids[i]) == 0) then\n"
+    "      del[#del + 1] = ids[i]\n"
+    "    end\n"
     "  end\n"
+    "  if #del > 0 then redis.call('HDEL', KEYS[2], unpack(del)) end\n"
+    "  removed = #del\n"
     "end\n"
     "local left = redis.call('SCARD', KEYS[1])\n"
     "if left == 0 then redis.call('HDEL', KEYS[4], KEYS[1]) end\n"

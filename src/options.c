@@ -85,7 +85,7 @@ int mpx__check_options(const mpx_options_t *in, mpx_options_t *out)
                          "options.lease_ms (%u) must be between 300 and "
                          "options.interval_ms (%u)",
                          out->lease_ms, out->interval_ms);
-    if ((rc = check_range("reap_chunk", out->reap_chunk, 1, 100000)) ||
+    if ((rc = check_range("reap_chunk", out->reap_chunk, 1, 5000)) ||
         (rc = check_range("batch_max", out->batch_max, 1, 1000000)) ||
         (rc = check_range("batch_delay_ms", out->batch_delay_ms, 0, 10000)))
         return rc;

@@ -1,0 +1,159 @@
+/*
+ * test_reap_large.c - reaping a dead server of 1,000,000 sparks (divided by
+ * MPX_TEST_SCALE) completely, in chunks, while another client PINGs Redis
+ * every millisecond.
+ *
+ * The test asserts that the cleanup is complete and exact. The worst PING
+ * wait and the reaping time are measurements, printed (never asserted: a
+ * slow or shared machine must not fail the suite). Run alone to see them:
+ *   MPX_TEST_REDIS_URL=... build/tests/test_reap_large --verbose
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "support.h"
+
+static int scale(void)
+{
+    const char *s = getenv("MPX_TEST_SCALE");
+    int v = s ? atoi(s) : 1;
+    return v > 0 ? v : 1;
+}
+
+/* Plant n sparks of `addr` (plus `keep` sparks of another server) with
+ * variadic commands, pipelined. */
+static void plant(redisContext *c, const char *ns, const char *addr, int n)
+{
+    enum { CHUNK = 1000 };
+    char key_h[256], key_s[512];
+    snprintf(key_h, sizeof key_h, "%s:sparks", ns);
+    snprintf(key_s, sizeof key_s, "%s:%s:sparks", ns, addr);
+    const char **argv = malloc((2 + 2 * CHUNK) * sizeof *argv);
+    size_t *lens = malloc((2 + 2 * CHUNK) * sizeof *lens);
+    char(*ids)[24] = malloc(CHUNK * sizeof *ids);
+    int pending = 0;
+    for (int base = 0; base < n; base += CHUNK) {
+        int m = n - base < CHUNK ? n - base : CHUNK;
+        for (int i = 0; i < m; i++)
+            snprintf(ids[i], sizeof ids[i], "dead%09d", base + i);
+        argv[0] = "HSET";
+        argv[1] = key_h;
+        lens[0] = 4;
+        lens[1] = strlen(key_h);
+        for (int i = 0; i < m; i++) {
+            argv[2 + 2 * i] = ids[i];
+            lens[2 + 2 * i] = strlen(ids[i]);
+            argv[3 + 2 * i] = addr;
+            lens[3 + 2 * i] = strlen(addr);
+        }
+        redisAppendCommandArgv(c, 2 + 2 * m, argv, lens);
+        argv[0] = "SADD";
+        argv[1] = key_s;
+        lens[0] = 4;
+        lens[1] = strlen(key_s);
+        for (int i = 0; i < m; i++) {
+            argv[2 + i] = ids[i];
+            lens[2 + i] = strlen(ids[i]);
+        }
+        redisAppendCommandArgv(c, 2 + m, argv, lens);
+        pending += 2;
+        if (pending >= 100 || base + CHUNK >= n) {
+            for (; pending > 0; pending--) {
+                redisReply *r;
+                cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+                cr_assert_neq(r->type, REDIS_REPLY_ERROR, "%s", r->str);
+                freeReplyObject(r);
+            }
+        }
+    }
+    free(argv);
+    free(lens);
+    free(ids);
+}
+
+typedef struct pinger {
+    atomic_bool stop;
+    uint64_t worst_us, count;
+} pinger_t;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void *ping_loop(void *arg)
+{
+    pinger_t *p = arg;
+    redisContext *c = t_connect(NULL);
+    uint64_t end = now_us() + 600ull * 1000000u; /* bounded: 10 minutes */
+    while (!atomic_load(&p->stop) && now_us() < end) {
+        uint64_t t0 = now_us();
+        redisReply *r = redisCommand(c, "PING");
+        uint64_t d = now_us() - t0;
+        if (r)
+            freeReplyObject(r);
+        if (d > p->worst_us)
+            p->worst_us = d;
+        p->count++;
+        struct timespec ts = {0, 1000000}; /* every millisecond */
+        nanosleep(&ts, NULL);
+    }
+    redisFree(c);
+    return NULL;
+}
+
+Test(reap_large, a_dead_server_of_a_million_sparks_is_reaped_in_chunks, .timeout = 600)
+{
+    int n = 1000000 / scale();
+    mpx_options_t o;
+    t_options(&o, NULL);
+    o.command_timeout_ms = 10000;
+    redisContext *c = t_connect(NULL);
+    const char *dead = "http://10.1.1.1:7000";
+    uint64_t t0 = t_now_ms();
+    plant(c, o.ns, dead, n);
+    freeReplyObject(t_cmd(c, "HSET %s:sparks survivor http://10.1.1.2:7000", o.ns));
+    freeReplyObject(t_cmd(c, "SADD %s:servers %s", o.ns, dead));
+    uint64_t planted_ms = t_now_ms() - t0;
+    cr_assert_eq(t_int(c, "HLEN %s:sparks", o.ns), (long long)n + 1);
+
+    mpx_t *m = NULL;
+    cr_assert_eq(mpx_create(&o, &m), 0);
+    cr_assert_eq(mpx_register(m, "http://127.0.0.1:7001"), 0, "%s", mpx_last_error());
+
+    pinger_t p = {0};
+    pthread_t th;
+    pthread_create(&th, NULL, ping_loop, &p);
+    t_sleep_ms(50);
+    uint64_t r0 = t_now_ms();
+    size_t reaped = 0;
+    int rc = mpx_reap(m, &reaped);
+    uint64_t reap_ms = t_now_ms() - r0;
+    t_sleep_ms(50);
+    atomic_store(&p.stop, true);
+    pthread_join(th, NULL);
+    cr_assert_eq(rc, 0, "%s", mpx_last_error());
+    cr_assert_eq(reaped, 1);
+    cr_assert_eq(t_int(c, "HLEN %s:sparks", o.ns), 1, "every dead spark removed, survivor kept");
+    cr_assert_eq(t_int(c, "HLEN %s:drains", o.ns), 0);
+    cr_assert_eq(t_int(c, "SISMEMBER %s:servers %s", o.ns, dead), 0);
+    mpx_stats_t st;
+    mpx_stats(m, &st);
+    cr_assert_eq(st.reaped_sparks, (uint64_t)n);
+    cr_assert_gt(p.count, 10, "the pinger ran");
+    fprintf(stderr,
+            "reap_large: %d sparks planted in %llu ms; reaped in %llu ms (chunk %u); "
+            "%llu PINGs, worst PING wait %.1f ms\n",
+            n, (unsigned long long)planted_ms, (unsigned long long)reap_ms, o.reap_chunk,
+            (unsigned long long)p.count, p.worst_us / 1000.0);
+    mpx_unregister(m);
+    mpx_destroy(m);
+    redisFree(c);
+}
