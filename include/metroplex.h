@@ -175,7 +175,8 @@ void mpx_options_init(mpx_options_t *opts);
  * (calls return MPX_ECONN, on_error fires) and the library reconnects with
  * backoff.
  * Returns 0 and sets *out, or an error (MPX_EINVAL with mpx_last_error()
- * naming the field; MPX_ENOMEM; MPX_ETHREAD); on error *out is NULL and
+ * naming the field, MPX_ETOOBIG for an over-long options.address;
+ * MPX_ENOMEM; MPX_ETHREAD); on error *out is NULL and
  * nothing is left allocated.
  * Ownership: the caller owns *out and frees it with mpx_destroy().
  * Thread-safety: any thread.
@@ -203,7 +204,8 @@ void mpx_destroy(mpx_t *mpx);
  * servers set, set the alive key and the lease, and start heartbeating.
  * Sparks connected before registration are then written.
  * Blocks for at most about connect_timeout_ms + 3 × command_timeout_ms.
- * Returns 0; MPX_EINVAL (bad address); MPX_ESTATE (already registered with
+ * Returns 0; MPX_EINVAL (bad address) or MPX_ETOOBIG (longer than
+ * MPX_ADDRESS_MAX); MPX_ESTATE (already registered with
  * another address); MPX_EADDRINUSE; MPX_ECONN / MPX_ETIMEDOUT (Redis
  * unreachable: the address is kept and the heartbeat thread retries in the
  * background, reporting success through on_register); MPX_EREDIS.

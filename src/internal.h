@@ -52,8 +52,8 @@ typedef struct mpx__redis_endpoint {
 
 int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep);
 void mpx__endpoint_free(mpx__redis_endpoint_t *ep);
-/* Validate a server address and write its canonical form (scheme and host
- * lower-cased) into out[MPX_ADDRESS_MAX + 1]. Returns 0 or MPX_EINVAL /
+/* Validate a server address and copy it, unchanged (as Node peers write
+ * it), into out[MPX_ADDRESS_MAX + 1]. Returns 0 or MPX_EINVAL /
  * MPX_ETOOBIG with the message set. `field` names the source in messages. */
 int mpx__check_address(const char *address, const char *field, char *out);
 /* Validate every option; copy `in` (of in->struct_size bytes) over the
@@ -96,7 +96,9 @@ int mpx__argv_pushf(mpx__argv_t *a, const char *fmt, ...)   /* copied */
     __attribute__((format(printf, 2, 3)));
 int mpx__argv_pushcat(mpx__argv_t *a, const char *p1, size_t n1,
                       const char *p2, size_t n2); /* copied p1 + p2 */
-/* Resolve owned offsets into pointers; call before sending. */
+/* Resolve owned offsets into pointers; call before sending, after the last
+ * push (a later owned push may move the store under resolved pointers;
+ * mpx__argv_reset starts over). */
 void mpx__argv_finish(mpx__argv_t *a);
 
 enum mpx__script_id {

@@ -30,6 +30,8 @@
 
 int mpx__buf_reserve(mpx__buf_t *b, size_t extra)
 {
+    if (extra > SIZE_MAX / 2 - b->len)
+        return MPX_ENOMEM;
     if (b->len + extra <= b->cap)
         return 0;
     size_t cap = b->cap ? b->cap : 256;

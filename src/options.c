@@ -89,7 +89,7 @@ int mpx__check_options(const mpx_options_t *in, mpx_options_t *out)
         (rc = check_range("batch_max", out->batch_max, 1, 1000000)) ||
         (rc = check_range("batch_delay_ms", out->batch_delay_ms, 0, 10000)))
         return rc;
-    if (out->size_hint > ((size_t)1 << 32))
+    if ((uint64_t)out->size_hint > ((uint64_t)1 << 32))
         return mpx__fail(MPX_EINVAL, "options.size_hint (%zu) is larger than 2^32",
                          out->size_hint);
     if (out->address) {
@@ -222,7 +222,9 @@ static char *pct_decode(const char *p, size_t n)
     if (!s)
         return NULL;
     for (size_t i = 0; i < n; i++) {
-        if (p[i] == '%' && i + 2 < n && hexval((unsigned char)p[i + 1]) >= 0 && hexval((unsigned char)p[i + 2]) >= 0) {
+        if (p[i] == '%' && i + 2 < n && hexval((unsigned char)p[i + 1]) >= 0 &&
+            hexval((unsigned char)p[i + 2]) >= 0 &&
+            (p[i + 1] != '0' || p[i + 2] != '0')) { /* %00 stays literal */
             *o++ = (char)(hexval((unsigned char)p[i + 1]) * 16 + hexval((unsigned char)p[i + 2]));
             i += 2;
         } else {

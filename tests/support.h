@@ -19,8 +19,8 @@
 
 /* URL of the shared test redis-server. */
 const char *t_redis_url(void);
-/* A fresh namespace, unique to this process and call. Static storage per
- * call site is not needed: the string lives until exit. */
+/* A fresh namespace, unique to this process and call; static storage, valid
+ * for the next 63 calls. */
 const char *t_ns(void);
 /* A direct hiredis connection to `url` (NULL: the shared server); aborts the
  * test on failure. Free with redisFree(). */
