@@ -101,8 +101,10 @@ typedef void (*mpx_error_cb)(mpx_t *mpx, int err, const char *message,
 typedef struct mpx_options {
     size_t struct_size; /* sizeof(mpx_options_t); set by the initialiser */
 
-    /* Redis endpoint: "redis://[user:password@]host[:port][/db]" or
-     * "unix:///path/to/socket[?db=N]". Default "redis://127.0.0.1:6379". */
+    /* Redis endpoint: "redis://[[user]:password@]host[:port][/db]" or
+     * "unix:///path/to/socket[?db=N][&user=U][&password=P]"; user and
+     * password may be percent-encoded. Default "redis://127.0.0.1:6379".
+     * Error messages show the URL with the password replaced by "***". */
     const char *redis_url;
     uint32_t connect_timeout_ms; /* default 2000; 1..600000 */
     uint32_t command_timeout_ms; /* default 5000; 1..600000 */

@@ -190,7 +190,12 @@ int mpx__conn_ensure(mpx__conn_t *c, bool force)
         return rc;
     }
     redisSetTimeout(c->ctx, tv_ms(c->command_timeout_ms));
-    redisEnableKeepAlive(c->ctx);
+    /* TCP keepalive; on a unix socket hiredis 0.14 would fail it and mark
+     * the context as broken. */
+    if (!c->ep->path && redisEnableKeepAlive(c->ctx) != REDIS_OK) {
+        c->ctx->err = 0; /* not fatal: go on without keepalive */
+        c->ctx->errstr[0] = 0;
+    }
 
     int rc = 0;
     redisReply *r;

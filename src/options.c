@@ -262,16 +262,56 @@ void mpx__endpoint_free(mpx__redis_endpoint_t *ep)
 
 #define URL_FORMS "redis://[user:password@]host[:port][/db] or unix:///path[?db=N&password=P]"
 
-static int parse_unix(const char *url, mpx__redis_endpoint_t *ep)
+/* A copy of the URL for messages, with any password replaced by "***". */
+static void redact_url(const char *url, char *out, size_t cap)
+{
+    size_t o = 0;
+    const char *p = url;
+    const char *at = NULL, *slash = NULL;
+    if (strncmp(url, "redis://", 8) == 0) {
+        slash = strchr(url + 8, '/');
+        for (const char *s = url + 8; *s && s != slash; s++)
+            if (*s == '@')
+                at = s;
+    }
+    while (*p && o + 4 < cap) {
+        if (at && p == url + 8) {
+            const char *colon = memchr(p, ':', (size_t)(at - p));
+            size_t keep = colon ? (size_t)(colon - p) + 1 : 0;
+            if (keep > cap - o - 5)
+                keep = cap - o - 5;
+            memcpy(out + o, p, keep);
+            o += keep;
+            memcpy(out + o, "***", 3);
+            o += 3;
+            p = at;
+            continue;
+        }
+        if (strncmp(p, "password=", 9) == 0 && (p == url || p[-1] == '?' || p[-1] == '&')) {
+            if (o + 13 >= cap)
+                break;
+            memcpy(out + o, "password=***", 12);
+            o += 12;
+            p += 9;
+            while (*p && *p != '&')
+                p++;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    out[o] = 0;
+}
+
+static int parse_unix(const char *url, const char *shown, mpx__redis_endpoint_t *ep)
 {
     const char *p = url + 7; /* after unix:// */
     if (*p != '/')
         return mpx__fail(MPX_EINVAL, "options.redis_url '%s': the socket path must be absolute (%s)",
-                         url, URL_FORMS);
+                         shown, URL_FORMS);
     const char *q = strchr(p, '?');
     size_t plen = q ? (size_t)(q - p) : strlen(p);
     if (plen < 2 || plen > 107)
-        return mpx__fail(MPX_EINVAL, "options.redis_url '%s': bad socket path length", url);
+        return mpx__fail(MPX_EINVAL, "options.redis_url '%s': bad socket path length", shown);
     ep->path = pct_decode(p, plen);
     if (!ep->path)
         return mpx__fail(MPX_ENOMEM, "out of memory");
@@ -281,11 +321,11 @@ static int parse_unix(const char *url, mpx__redis_endpoint_t *ep)
         size_t n = amp ? (size_t)(amp - q) : strlen(q);
         const char *eq = memchr(q, '=', n);
         if (!eq)
-            return mpx__fail(MPX_EINVAL, "options.redis_url '%s': bad query parameter", url);
+            return mpx__fail(MPX_EINVAL, "options.redis_url '%s': bad query parameter", shown);
         size_t kl = (size_t)(eq - q), vl = n - kl - 1;
         if (kl == 2 && memcmp(q, "db", 2) == 0) {
             if (parse_db(eq + 1, vl, &ep->db) != 0)
-                return mpx__fail(MPX_EINVAL, "options.redis_url '%s': db must be a number", url);
+                return mpx__fail(MPX_EINVAL, "options.redis_url '%s': db must be a number", shown);
         } else if (kl == 8 && memcmp(q, "password", 8) == 0) {
             free(ep->password);
             if (!(ep->password = pct_decode(eq + 1, vl)))
@@ -295,7 +335,7 @@ static int parse_unix(const char *url, mpx__redis_endpoint_t *ep)
             if (!(ep->user = pct_decode(eq + 1, vl)))
                 return mpx__fail(MPX_ENOMEM, "out of memory");
         } else {
-            return mpx__fail(MPX_EINVAL, "options.redis_url '%s': unknown parameter '%.*s'", url,
+            return mpx__fail(MPX_EINVAL, "options.redis_url '%s': unknown parameter '%.*s'", shown,
                              (int)kl, q);
         }
         q = amp;
@@ -311,14 +351,16 @@ int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
         return mpx__fail(MPX_EINVAL, "options.redis_url must not be empty (%s)", URL_FORMS);
     if (strlen(url) > 4096)
         return mpx__fail(MPX_EINVAL, "options.redis_url is longer than 4096 bytes");
+    char shown[512];
+    redact_url(url, shown, sizeof shown);
     if (strncmp(url, "unix://", 7) == 0) {
-        rc = parse_unix(url, ep);
+        rc = parse_unix(url, shown, ep);
         if (rc)
             mpx__endpoint_free(ep);
         return rc;
     }
     if (strncmp(url, "redis://", 8) != 0)
-        return mpx__fail(MPX_EINVAL, "options.redis_url '%s' must be %s", url, URL_FORMS);
+        return mpx__fail(MPX_EINVAL, "options.redis_url '%s' must be %s", shown, URL_FORMS);
     const char *p = url + 8;
     const char *end = p + strlen(p);
     const char *slash = strchr(p, '/');
@@ -347,14 +389,14 @@ int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
     if (*p == '[') {
         const char *rb = memchr(p, ']', (size_t)(hend - p));
         if (!rb) {
-            rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': unterminated IPv6 literal", url);
+            rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': unterminated IPv6 literal", shown);
             goto fail;
         }
         hstart = p + 1;
         hlen = (size_t)(rb - hstart);
         if (rb + 1 < hend) {
             if (rb[1] != ':') {
-                rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': junk after IPv6 literal", url);
+                rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': junk after IPv6 literal", shown);
                 goto fail;
             }
             colon = rb + 1;
@@ -364,14 +406,14 @@ int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
         hlen = (size_t)((colon ? colon : hend) - p);
     }
     if (hlen == 0) {
-        rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s' has no host (%s)", url, URL_FORMS);
+        rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s' has no host (%s)", shown, URL_FORMS);
         goto fail;
     }
     for (size_t i = 0; i < hlen; i++) {
         unsigned char ch = (unsigned char)hstart[i];
         if (!isalnum(ch) && ch != '-' && ch != '.' && ch != '_' && ch != ':') {
             rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': forbidden byte 0x%02x in the host",
-                           url, ch);
+                           shown, ch);
             goto fail;
         }
     }
@@ -389,7 +431,7 @@ int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
     if (slash && slash[1]) {
         if (parse_db(slash + 1, strlen(slash + 1), &ep->db) != 0) {
             rc = mpx__fail(MPX_EINVAL, "options.redis_url '%s': the path must be a db number",
-                           url);
+                           shown);
             goto fail;
         }
     }

@@ -481,3 +481,33 @@ Test(lifecycle, wrong_type_keys_give_a_clear_error)
     mpx_destroy(m);
     redisFree(c);
 }
+
+Test(lifecycle, a_unix_socket_url_works)
+{
+    redis_proc_t rp;
+    char sock[300], arg[300];
+    /* The socket goes in a directory of ours; redis_proc makes its own dir. */
+    char dir[] = "/tmp/mpx-sock-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(sock, sizeof sock, "%s/r.sock", dir);
+    snprintf(arg, sizeof arg, "%s", sock);
+    const char *extra[] = {"--unixsocket", arg, NULL};
+    cr_assert_eq(redis_proc_start(&rp, extra), 0);
+    char url[400];
+    snprintf(url, sizeof url, "unix://%s?db=2", sock);
+    mpx_options_t o;
+    t_options(&o, url);
+    mpx_t *m = make(&o);
+    cr_assert_eq(mpx_register(m, "http://127.0.0.1:9910"), 0, "%s", mpx_last_error());
+    cr_assert_eq(mpx_connect(m, "u1", 2), 0);
+    cr_assert_eq(mpx_flush(m, 5000), 0, "%s", mpx_last_error());
+    redisContext *c = t_connect(rp.url);
+    freeReplyObject(t_cmd(c, "SELECT 2"));
+    cr_assert_eq(t_int(c, "HEXISTS %s:sparks u1", o.ns), 1, "written through the socket, db 2");
+    redisFree(c);
+    mpx_unregister(m);
+    mpx_destroy(m);
+    redis_proc_destroy(&rp);
+    unlink(sock);
+    rmdir(dir);
+}

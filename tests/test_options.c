@@ -785,3 +785,20 @@ Test(errors, last_error_is_per_thread_and_cleared_by_success)
     m = create_ok(&o);
     mpx_destroy(m);
 }
+
+Test(options, passwords_never_appear_in_messages)
+{
+    mpx_options_t o;
+    mpx_options_init(&o);
+    mpx_t *m = NULL;
+    o.redis_url = "redis://user:SECRET1@h:1/notadb";
+    cr_assert_eq(mpx_create(&o, &m), MPX_EINVAL);
+    cr_assert_null(strstr(mpx_last_error(), "SECRET1"), "%s", mpx_last_error());
+    cr_assert_not_null(strstr(mpx_last_error(), "***"), "%s", mpx_last_error());
+    o.redis_url = "unix:///tmp/r.sock?password=SECRET2&db=zz";
+    cr_assert_eq(mpx_create(&o, &m), MPX_EINVAL);
+    cr_assert_null(strstr(mpx_last_error(), "SECRET2"), "%s", mpx_last_error());
+    o.redis_url = "redis://SECRET3@h:x";
+    cr_assert_eq(mpx_create(&o, &m), MPX_EINVAL);
+    cr_assert_null(strstr(mpx_last_error(), "SECRET3"), "%s", mpx_last_error());
+}
