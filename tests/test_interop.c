@@ -108,16 +108,26 @@ static const char *find_node(void)
 }
 
 /* Skip the calling test when the Node side cannot run. */
+/* The test command sets MPX_TEST_REQUIRE_INTEROP=1: there a missing node
+ * is a failure, not a skip. */
+#define SKIP_OR_FAIL(...)                                                      \
+    do {                                                                       \
+        const char *req_ = getenv("MPX_TEST_REQUIRE_INTEROP");                 \
+        if (req_ && strcmp(req_, "1") == 0)                                    \
+            cr_assert_fail(__VA_ARGS__);                                       \
+        cr_skip_test(__VA_ARGS__);                                             \
+    } while (0)
+
 static void require_node(void)
 {
     if (!find_node())
-        cr_skip_test("node not found (PATH or $MPX_NODE): interop test skipped");
+        SKIP_OR_FAIL("node not found (PATH or $MPX_NODE): interop test skipped");
     const char *dir = interop_dir();
     if (!file_exists(dir, "node_peer.js"))
-        cr_skip_test("%s/node_peer.js not found (set MPX_SOURCE_DIR): interop test skipped", dir);
+        SKIP_OR_FAIL("%s/node_peer.js not found (set MPX_SOURCE_DIR): interop test skipped", dir);
     if (!file_exists(dir, "node_modules/metroplex/package.json") ||
         !file_exists(dir, "node_modules/ioredis/package.json"))
-        cr_skip_test("%s/node_modules missing (run `npm ci` there): interop test skipped", dir);
+        SKIP_OR_FAIL("%s/node_modules missing (run `npm ci` there): interop test skipped", dir);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# tools/test.sh - the project's one test command (CI runs it through .ci/run).
+#
+#   bash tools/test.sh          everything: packages, npm deps, the normal,
+#                               ASan+UBSan and TSan builds, their ctest suites,
+#                               and the sparkgen / bench smoke runs
+#   bash tools/test.sh --fast   the normal build only (no sanitizer builds)
+#
+# Works from any directory. Installs missing Debian packages (as root, or
+# through sudo), starts ONE private redis-server on a free loopback port
+# (never 6379) for the whole run, exports its URL as MPX_TEST_REDIS_URL and
+# stops it by PID on exit. The last line is the summary
+# "tests: N passed, F failed": N is the number of ctest tests that passed,
+# summed over the build variants; F counts failed ctest tests plus any other
+# failed step (configure, build, smoke run), so the exit status is non-zero
+# exactly when F > 0.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+usage() {
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+FAST=0
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --fast) FAST=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "test.sh: unknown option: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+JOBS=2                 # the machines have 2 cores
+CTEST_TIMEOUT=600      # seconds per ctest test
+SMOKE_TIMEOUT=300      # seconds per smoke run
+REDIS_PORT_MIN=20000
+REDIS_PORT_MAX=60000
+
+PASSED=0               # ctest tests passed, summed over variants
+FAILED=0               # ctest tests failed + other failed steps
+FAILURES=()            # one line per failed step, for the summary
+TIMINGS=()             # "phase: Ns" lines, for the summary
+RUN_T0=$SECONDS
+
+# --- output helpers --------------------------------------------------------
+
+PHASE_NAME=""
+PHASE_T0=0
+phase() {
+    PHASE_NAME="$1"
+    PHASE_T0=$SECONDS
+    printf '\n==================== %s  [%s, +%ds] ====================\n' \
+        "$PHASE_NAME" "$(date '+%H:%M:%S')" "$((SECONDS - RUN_T0))"
+}
+phase_done() { # phase_done STATUS
+    local dt=$((SECONDS - PHASE_T0))
+    printf -- '-------------------- %s: %s (%ds) --------------------\n' \
+        "$PHASE_NAME" "$1" "$dt"
+    TIMINGS+=("$(printf '%-34s %-7s %5ds' "$PHASE_NAME" "$1" "$dt")")
+}
+note() { printf 'test.sh: %s\n' "$*"; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+fail_step() { # fail_step MESSAGE: a failed step (not a ctest test)
+    FAILURES+=("$1")
+    FAILED=$((FAILED + 1))
+    printf 'test.sh: FAILED: %s\n' "$1" >&2
+}
+
+# --- 1. packages -----------------------------------------------------------
+
+APT_PACKAGES=(build-essential cmake pkg-config libhiredis-dev libck-dev
+    libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm)
+
+pkg_installed() {
+    case "$1" in
+        # NodeSource's nodejs package bundles npm and conflicts with Debian's
+        # npm package: a working node / npm on PATH is enough.
+        nodejs) command -v node >/dev/null 2>&1 && return 0 ;;
+        npm) command -v npm >/dev/null 2>&1 && return 0 ;;
+    esac
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
+}
+
+install_packages() {
+    phase "packages"
+    command -v dpkg >/dev/null 2>&1 ||
+        die "dpkg not found: this script expects Debian 12 (install ${APT_PACKAGES[*]} by hand)"
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do
+        pkg_installed "$p" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        note "all ${#APT_PACKAGES[@]} packages present"
+        phase_done ok
+        return
+    fi
+    note "missing packages: ${missing[*]}"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "not root and sudo not found; as root run: apt-get update && apt-get install -y ${missing[*]}"
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update ||
+        die "apt-get update failed"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" ||
+        die "apt-get install failed for: ${missing[*]}"
+    for p in "${missing[@]}"; do
+        pkg_installed "$p" || die "package $p still missing after apt-get install"
+    done
+    # Installing redis-server may have started a system redis on 6379: it is
+    # not ours and is never used.
+    phase_done ok
+}
+
+# --- 2. npm dependencies of the interop peer --------------------------------
+
+npm_deps() {
+    phase "npm (tests/interop)"
+    local dir="$ROOT/tests/interop"
+    if [ ! -f "$dir/package.json" ]; then
+        note "tests/interop/package.json absent: skipped"
+        phase_done skipped
+        return
+    fi
+    local npm_flags=(--no-audit --no-fund --loglevel=error)
+    if [ -f "$dir/package-lock.json" ]; then
+        (cd "$dir" && npm ci "${npm_flags[@]}") || die "npm ci failed in tests/interop"
+    else
+        note "no package-lock.json: using npm install"
+        (cd "$dir" && npm install "${npm_flags[@]}") || die "npm install failed in tests/interop"
+    fi
+    phase_done ok
+}
+
+# --- 3. the shared redis-server ------------------------------------------------
+
+REDIS_PID=""
+REDIS_PORT=""
+REDIS_DIR=""
+
+port_in_use() { # port_in_use PORT: true if something listens on 127.0.0.1:PORT
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+    else
+        # A connect that succeeds, or hangs (a listener with a full backlog),
+        # means busy; one that is refused means free. Bounded: 2 s.
+        local rc=0
+        # shellcheck disable=SC2016 # $1 expands in the inner shell
+        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null || rc=$?
+        [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]
+    fi
+}
+
+stop_redis() {
+    if [ -n "$REDIS_PID" ] && kill -0 "$REDIS_PID" 2>/dev/null; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do # at most 5 s, then SIGKILL
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$REDIS_PID" 2>/dev/null; then
+            kill -KILL "$REDIS_PID" 2>/dev/null || true
+        fi
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
+    REDIS_PID=""
+    if [ -n "$REDIS_DIR" ] && [ -d "$REDIS_DIR" ]; then
+        rm -rf -- "$REDIS_DIR"
+    fi
+    REDIS_DIR=""
+}
+
+start_redis() {
+    phase "redis-server"
+    command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
+    command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found"
+    REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-test-redis.XXXXXX")"
+    local attempt port
+    for attempt in 1 2 3 4 5 6 7 8; do
+        port=$(shuf -i "$REDIS_PORT_MIN-$REDIS_PORT_MAX" -n 1)
+        [ "$port" -ne 6379 ] || continue
+        if port_in_use "$port"; then
+            note "port $port busy, trying another"
+            continue
+        fi
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --dir "$REDIS_DIR" --daemonize no --logfile "$REDIS_DIR/redis.log" \
+            </dev/null >"$REDIS_DIR/redis.out" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 1 100); do # at most ~10 s
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            # Make sure the server answering is ours, not another on the port.
+            if timeout 2 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null |
+                grep -q "^process_id:$REDIS_PID"; then
+                REDIS_PORT="$port"
+                break 2
+            fi
+            sleep 0.1
+        done
+        note "redis-server did not come up on port $port (attempt $attempt):"
+        tail -n 5 "$REDIS_DIR/redis.log" "$REDIS_DIR/redis.out" 2>/dev/null || true
+        if kill -0 "$REDIS_PID" 2>/dev/null; then
+            kill -KILL "$REDIS_PID" 2>/dev/null || true
+        fi
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=""
+    done
+    [ -n "$REDIS_PORT" ] || die "could not start redis-server on a free loopback port"
+    [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping)" = "PONG" ] ||
+        die "redis-server on port $REDIS_PORT does not answer PING"
+    export MPX_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    export MPX_BENCH_REDIS_URL="$MPX_TEST_REDIS_URL"
+    note "redis-server pid $REDIS_PID at $MPX_TEST_REDIS_URL (dir $REDIS_DIR)"
+    phase_done ok
+}
+
+SUMMARY_PRINTED=0
+on_exit() {
+    local rc=$?
+    stop_redis
+    if [ "$SUMMARY_PRINTED" -eq 0 ] && [ "$rc" -ne 0 ]; then
+        # Stopped early (setup error, interrupt): still end on a summary line.
+        printf 'tests: %d passed, %d failed\n' "$PASSED" "$((FAILED + 1))"
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- 4. build, test and smoke per variant ----------------------------------
+
+# configure_and_build NAME DIR CMAKE_ARGS... ; returns non-zero on failure
+configure_and_build() {
+    local name="$1" dir="$2"
+    shift 2
+    phase "$name: configure + build"
+    if ! cmake -S "$ROOT" -B "$dir" "$@"; then
+        phase_done FAILED
+        fail_step "$name: cmake configure"
+        return 1
+    fi
+    if ! cmake --build "$dir" -j"$JOBS"; then
+        phase_done FAILED
+        fail_step "$name: build"
+        return 1
+    fi
+    phase_done ok
+}
+
+# run_ctest NAME DIR: runs the suite, adds to PASSED / FAILED
+run_ctest() {
+    local name="$1" dir="$2" log rc line total failed
+    phase "$name: ctest"
+    log="$dir/test.sh-ctest.log"
+    if ctest --test-dir "$dir" --output-on-failure --timeout "$CTEST_TIMEOUT" \
+        --no-tests=error 2>&1 | tee "$log"; then
+        rc=0
+    else
+        rc=$?
+    fi
+    # "100% tests passed, 0 tests failed out of 7"
+    line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
+    if [ -n "$line" ]; then
+        failed=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+        total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
+        PASSED=$((PASSED + total - failed))
+        FAILED=$((FAILED + failed))
+        if [ "$failed" -gt 0 ]; then
+            FAILURES+=("$name: $failed of $total ctest tests failed")
+        fi
+        if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
+            fail_step "$name: ctest exited $rc"
+        fi
+    else
+        fail_step "$name: ctest ran no test or printed no result (exit $rc)"
+    fi
+    if grep -qE 'Could not initialize inheritable arena|ThreadSanitizer: SEGV .*libcriterion' "$log"; then
+        note "Criterion's runner cannot start under ThreadSanitizer (its boxfort arena"
+        note "maps at fixed addresses TSan reserves; Criterion issue #274): in the"
+        note "MPX_SANITIZE=thread build the suites must use tests/tsan_shim instead."
+    fi
+    if [ "$rc" -eq 0 ]; then phase_done ok; else phase_done FAILED; fi
+}
+
+# smoke NAME DESCRIPTION BINARY ARGS...: runs a smoke command if BINARY exists
+smoke() {
+    local name="$1" what="$2" bin="$3"
+    shift 3
+    phase "$name: $what smoke"
+    if [ ! -x "$bin" ]; then
+        note "${bin#"$ROOT"/} not built: skipped"
+        phase_done skipped
+        return
+    fi
+    local rc=0
+    timeout --kill-after=10 "$SMOKE_TIMEOUT" "$bin" "$@" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        phase_done ok
+    else
+        phase_done FAILED
+        [ "$rc" -ne 124 ] || note "timed out after ${SMOKE_TIMEOUT}s"
+        fail_step "$name: $what smoke exited $rc"
+    fi
+}
+
+SPARKGEN_ARGS=(--sparks 20000 --servers 2 --duration 1 --quiet)
+
+# variant NAME DIR SCALE CMAKE_ARGS...
+variant() {
+    local name="$1" dir="$2" scale="$3"
+    shift 3
+    export MPX_TEST_SCALE="$scale"
+    if ! configure_and_build "$name" "$dir" "$@"; then
+        note "$name: tests skipped (build failed)"
+        return
+    fi
+    run_ctest "$name" "$dir"
+    # The generator starts its own redis-server (no --redis given).
+    smoke "$name" "sparkgen" "$dir/bin/metroplex-sparkgen" "${SPARKGEN_ARGS[@]}"
+}
+
+export MPX_SOURCE_DIR="$ROOT" # lets test_interop find tests/interop
+export MPX_TEST_REQUIRE_INTEROP=1 # here a missing node fails, never skips
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/tests/tsan.supp"
+
+main() {
+    printf 'metroplex-c tests: %s run, root %s\n' \
+        "$([ "$FAST" -eq 1 ] && echo fast || echo full)" "$ROOT"
+    install_packages
+    npm_deps
+    start_redis
+
+    variant normal "$ROOT/build" 1 \
+        -DMPX_WERROR=ON -DMPX_SANITIZE= \
+        -DMPX_BUILD_TESTS=ON -DMPX_BUILD_BENCH=ON -DMPX_BUILD_TOOLS=ON
+    smoke normal "bench" "$ROOT/build/bin/metroplex-bench" --benchmark_min_time=0.01
+
+    if [ "$FAST" -eq 0 ]; then
+        variant asan "$ROOT/build-asan" 10 \
+            -DMPX_WERROR=ON -DMPX_SANITIZE=address -DMPX_BUILD_BENCH=OFF \
+            -DMPX_BUILD_TESTS=ON -DMPX_BUILD_TOOLS=ON
+        variant tsan "$ROOT/build-tsan" 10 \
+            -DMPX_WERROR=ON -DMPX_SANITIZE=thread -DMPX_BUILD_BENCH=OFF \
+            -DMPX_BUILD_TESTS=ON -DMPX_BUILD_TOOLS=ON
+    else
+        note "--fast: sanitizer builds skipped"
+    fi
+
+    printf '\n==================== summary (%ds in all) ====================\n' \
+        "$((SECONDS - RUN_T0))"
+    local t f
+    for t in "${TIMINGS[@]}"; do printf '  %s\n' "$t"; done
+    if [ "${#FAILURES[@]}" -gt 0 ]; then
+        printf 'failures:\n'
+        for f in "${FAILURES[@]}"; do printf '  - %s\n' "$f"; done
+    fi
+    printf 'tests: %d passed, %d failed\n' "$PASSED" "$FAILED"
+    SUMMARY_PRINTED=1
+    [ "$FAILED" -eq 0 ]
+}
+
+main
