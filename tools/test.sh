@@ -18,6 +18,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=tools/lib.sh
+. "$ROOT/tools/lib.sh"
 
 usage() {
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -74,43 +76,9 @@ fail_step() { # fail_step MESSAGE: a failed step (not a ctest test)
 APT_PACKAGES=(build-essential cmake pkg-config libhiredis-dev libck-dev
     libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm)
 
-pkg_installed() {
-    case "$1" in
-        # NodeSource's nodejs package bundles npm and conflicts with Debian's
-        # npm package: a working node / npm on PATH is enough.
-        nodejs) command -v node >/dev/null 2>&1 && return 0 ;;
-        npm) command -v npm >/dev/null 2>&1 && return 0 ;;
-    esac
-    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
-}
-
 install_packages() {
     phase "packages"
-    command -v dpkg >/dev/null 2>&1 ||
-        die "dpkg not found: this script expects Debian 12 (install ${APT_PACKAGES[*]} by hand)"
-    local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
-        pkg_installed "$p" || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -eq 0 ]; then
-        note "all ${#APT_PACKAGES[@]} packages present"
-        phase_done ok
-        return
-    fi
-    note "missing packages: ${missing[*]}"
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 ||
-            die "not root and sudo not found; as root run: apt-get update && apt-get install -y ${missing[*]}"
-        sudo=(sudo)
-    fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update ||
-        die "apt-get update failed"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" ||
-        die "apt-get install failed for: ${missing[*]}"
-    for p in "${missing[@]}"; do
-        pkg_installed "$p" || die "package $p still missing after apt-get install"
-    done
+    mpx_ensure_packages "${APT_PACKAGES[@]}" || die "could not install the packages"
     # Installing redis-server may have started a system redis on 6379: it is
     # not ours and is never used.
     phase_done ok
