@@ -160,12 +160,21 @@ typedef struct mpx_options {
     void *on_unregister_data;
     mpx_error_cb on_error;
     void *on_error_data;
+
+    /* Lookups may cache other servers' sparks for up to remote_ttl_ms
+     * (0, the default: never; each lookup of a remote spark asks Redis).
+     * Cached entries of a server are dropped when it is seen reaped or
+     * unregistered. At most remote_max such entries are kept (default
+     * 1000000). This server's own sparks are always answered from memory. */
+    uint32_t remote_ttl_ms;
+    size_t remote_max;
 } mpx_options_t;
 
 #define MPX_OPTIONS_INIT                                                       \
     {                                                                          \
         sizeof(mpx_options_t), NULL, 2000, 5000, NULL, NULL, 300000, 2000,     \
-            10000, 1000, 4096, 2, 0, NULL, NULL, NULL, NULL, NULL, NULL        \
+            10000, 1000, 4096, 2, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0,    \
+            1000000                                                            \
     }
 
 /* Fill `opts` with the defaults. Thread-safety: any thread. */
@@ -324,21 +333,51 @@ int mpx_reap(mpx_t *mpx, size_t *reaped);
 /* Counters, readable at any time. */
 typedef struct mpx_stats {
     uint64_t local_sparks;   /* sparks connected here now */
-    uint64_t queued;         /* changes accepted by connect/disconnect */
+    uint64_t queued;         /* connect/disconnect calls that changed a spark */
     uint64_t committed;      /* changes acknowledged by Redis */
-    uint64_t pending;        /* changes not yet committed */
-    uint64_t batches;        /* MULTI/EXEC batches committed */
+    uint64_t coalesced;      /* changes cancelled out before being written */
+    uint64_t pending;        /* sparks whose change is not yet committed */
+    uint64_t batches;        /* MULTI/EXEC transactions committed */
     uint64_t redis_errors;   /* failed Redis round trips (all threads) */
-    uint64_t retries;        /* batches retried */
+    uint64_t retries;        /* transactions retried */
     uint64_t heartbeats;     /* alive-key refreshes */
     uint64_t reaped_servers; /* dead servers removed by this process */
     uint64_t reaped_sparks;  /* hash fields removed while cleaning them */
     uint64_t reregistered;   /* times this server put itself back */
+    uint64_t cache_entries;  /* records in the cache (own, tombstones, remote) */
+    uint64_t cache_bytes;    /* memory held by the cache's records and tables */
+    uint64_t lookup_hits;    /* lookups answered from memory */
+    uint64_t lookup_misses;  /* lookups that needed Redis */
+    /* Commit latency, from the connect()/disconnect() call to the
+     * acknowledgement of its transaction by Redis, in microseconds, over the
+     * registry's lifetime (log-linear histogram, ~3% resolution). */
+    uint64_t commit_latency_p50_us;
+    uint64_t commit_latency_p99_us;
+    uint64_t commit_latency_p999_us;
+    uint64_t commit_latency_max_us;
+    uint64_t commit_latency_count;
 } mpx_stats_t;
 
 /* Fill *out. Returns 0 or MPX_EINVAL. Thread-safety: any thread; values are
  * read without a common lock, each one is individually consistent. */
 int mpx_stats(mpx_t *mpx, mpx_stats_t *out);
+
+/*
+ * Non-blocking lookup for event-loop gateways: resolve `n` ids as
+ * mpx_sparks() does, then call cb(mpx, err, result, data) exactly once, on
+ * the registry's lookup thread ("mpx-lookup"), never on the calling thread.
+ * err is 0 and `result` has one item per id (NULL where unknown), or err is
+ * an MPX_E* code and result is NULL. The callback owns `result` and frees it
+ * with mpx_list_free(). Requests from all threads are pipelined together.
+ * The ids are copied before the call returns.
+ * Returns 0 (cb will run), or MPX_EINVAL / MPX_ETOOBIG (a bad id; which one
+ * in mpx_last_error()), MPX_ENOMEM, MPX_ECLOSED: then cb never runs.
+ * Callbacks still pending at mpx_destroy() run with MPX_ECLOSED.
+ * Thread-safety: any thread, concurrently.
+ */
+typedef void (*mpx_lookup_cb)(mpx_t *mpx, int err, mpx_list_t *result, void *data);
+int mpx_sparks_async(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
+                     mpx_lookup_cb cb, void *data);
 
 #ifdef __cplusplus
 }

@@ -10,8 +10,10 @@
  *   keys.c       key names, Lua scripts, command formatting (no I/O)
  *   conn.c       one hiredis connection: connect, AUTH/SELECT, scripts,
  *                reconnect with backoff
- *   table.c      the local spark table (this server's sparks)
- *   writer.c     the writer thread: queue of changes -> pipelined batches
+ *   cache.c      the spark cache: lock-free reads, per-shard dirty lists
+ *   hist.c       the commit-latency histogram
+ *   writer.c     the writer thread: dirty sparks -> pipelined batches
+ *   lookup.c     the lookup thread behind mpx_sparks_async
  *   lifecycle.c  register, unregister, heartbeat thread, reaping, drains
  *   registry.c   mpx_create/destroy and the lookups
  */
@@ -191,51 +193,102 @@ int mpx__conn_io_error(mpx__conn_t *c, const char *what);
 uint64_t mpx__now_ms(void);      /* monotonic */
 uint64_t mpx__epoch_ms(void);    /* wall clock, for alive-key values */
 
-/* ---- table.c: this server's sparks ----------------------------------- */
+/* ---- cache.c: the spark cache -------------------------------------------- */
 
-typedef struct mpx__table mpx__table_t;
+typedef struct mpx__cache mpx__cache_t;
 
-mpx__table_t *mpx__table_create(size_t size_hint);
-void mpx__table_destroy(mpx__table_t *t);
-/* Called under the shard lock when an add or del changes the table, so
- * that queueing the change is atomic with it; a negative return undoes the
- * change and is returned. */
-typedef int (*mpx__table_hook)(const void *id, size_t len, void *data);
-/* 1 if inserted, 0 if already present, <0 error. */
-int mpx__table_add(mpx__table_t *t, const void *id, size_t len, mpx__table_hook hook,
-                   void *data);
-/* 1 if removed, 0 if absent, <0 error. */
-int mpx__table_del(mpx__table_t *t, const void *id, size_t len, mpx__table_hook hook,
-                   void *data);
-bool mpx__table_has(mpx__table_t *t, const void *id, size_t len);
-size_t mpx__table_count(mpx__table_t *t);
-void mpx__table_clear(mpx__table_t *t);
-/* Call fn for every id, shard by shard (each shard locked while it is
- * walked). fn returns non-zero to stop. */
-typedef int (*mpx__table_fn)(const void *id, size_t len, void *data);
-int mpx__table_each(mpx__table_t *t, mpx__table_fn fn, void *data);
+/* An interned server address; lives as long as the cache. */
+typedef struct mpx__srv {
+    atomic_bool dead; /* reaped or unregistered: cached entries are stale */
+    uint32_t len;
+    char addr[];
+} mpx__srv_t;
+
+/* A change the writer is to send: the record stays valid until the writer
+ * calls mpx__cache_committed (only the writer unlinks records). */
+typedef struct mpx__op {
+    void *rec;
+    const char *id;
+    uint16_t len;
+    bool want; /* true: connect (HSET/SADD), false: conditional delete */
+    uint64_t t_ns;
+} mpx__op_t;
+
+typedef struct mpx__dirty {
+    void *rec;
+    uint64_t t_ns;
+} mpx__dirty_t;
+
+typedef struct mpx__cache_stats {
+    uint64_t own, pending, remote, bytes, hits, misses;
+} mpx__cache_stats_t;
+
+uint64_t mpx__hash(const void *p, size_t n);
+mpx__cache_t *mpx__cache_create(size_t size_hint, size_t remote_max);
+void mpx__cache_destroy(mpx__cache_t *c);
+/* Gateway threads: 1 if the spark changed (and is queued), 0 if it already
+ * was in that state, <0 error. t_ns: monotonic time of the call. */
+int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_ns);
+int mpx__cache_disconnect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_ns);
+/* Lock-free lookup: 1 own spark, 2 remote spark (fresh; *srv set), 0 miss. */
+int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, uint64_t now_ms,
+                      const mpx__srv_t **srv);
+const mpx__srv_t *mpx__cache_intern(mpx__cache_t *c, const char *addr, size_t len);
+void mpx__cache_server_gone(mpx__cache_t *c, const char *addr);
+/* The servers set as just read: every interned server not in it is gone. */
+void mpx__cache_servers_seen(mpx__cache_t *c, const char *const *addrs, const size_t *lens,
+                             size_t n);
+void mpx__cache_learn(mpx__cache_t *c, const void *id, size_t len, const mpx__srv_t *srv,
+                      uint64_t expires_ms);
+size_t mpx__cache_sweep_remote(mpx__cache_t *c, uint64_t now_ms);
+/* Writer thread only: take every shard's dirty list, then pull ops. */
+void mpx__cache_take(mpx__cache_t *c);
+size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *coalesced);
+bool mpx__cache_taken_empty(mpx__cache_t *c);
+void mpx__cache_committed(mpx__cache_t *c, const mpx__op_t *ops, size_t n);
+void mpx__cache_reclaim(mpx__cache_t *c);
+/* Mark every own spark as not in Redis (queues them all). */
+void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns);
+/* Forget every own spark (writer quiesced). */
+void mpx__cache_drop_own(mpx__cache_t *c);
+/* Is there an own record (connected, or a disconnect not yet committed)? */
+bool mpx__cache_has_own(mpx__cache_t *c, const void *id, size_t len);
+void mpx__cache_stats(mpx__cache_t *c, mpx__cache_stats_t *st);
+
+/* ---- hist.c: commit-latency histogram ------------------------------------- */
+
+#define MPX__HIST_BUCKETS 1216
+typedef struct mpx__hist {
+    atomic_uint_fast64_t b[MPX__HIST_BUCKETS];
+    atomic_uint_fast64_t count, max;
+} mpx__hist_t;
+void mpx__hist_add(mpx__hist_t *h, uint64_t v);
+/* Value at quantile q (0..1), 0 if empty. */
+uint64_t mpx__hist_quantile(const mpx__hist_t *h, double q);
 
 /* ---- writer.c ---------------------------------------------------------- */
-
-enum { MPX__OP_CONNECT = 1, MPX__OP_DISCONNECT = 2 };
 
 typedef struct mpx__writer mpx__writer_t;
 
 int mpx__writer_start(mpx_t *m);
 /* Stop the thread after trying to write what is queued for at most
- * timeout_ms; returns the number of changes left unwritten. */
+ * timeout_ms; returns the number of sparks left unwritten. */
 size_t mpx__writer_stop(mpx_t *m, uint32_t timeout_ms);
-int mpx__writer_push(mpx_t *m, int op, const void *id, size_t len);
+/* A change was queued in the cache: wake the writer if it sleeps. */
+void mpx__writer_kick(mpx_t *m);
 int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms);
 /* Start writing for `addr` (registered), or stop writing (addr NULL): when
  * stopping, waits until no batch is in flight. */
 void mpx__writer_activate(mpx_t *m, const char *addr);
-/* Drop every queued change (after unregister). */
-void mpx__writer_discard(mpx_t *m);
-/* Ask for every local spark to be written again (after this server was
- * found missing from Redis). */
+/* Ask for every local spark to be written again and stale entries of this
+ * server removed (after this server was found missing, Redis restarted). */
 void mpx__writer_resync(mpx_t *m);
-uint64_t mpx__writer_pending(mpx_t *m);
+
+/* ---- lookup.c -------------------------------------------------------------- */
+
+typedef struct mpx__lookup mpx__lookup_t;
+int mpx__lookup_start(mpx_t *m);
+void mpx__lookup_stop(mpx_t *m);
 
 /* ---- lifecycle.c --------------------------------------------------------- */
 
@@ -253,7 +306,7 @@ int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1]);
 /* ---- the handle ---------------------------------------------------------- */
 
 typedef struct mpx__counters {
-    atomic_uint_fast64_t queued, committed, batches, redis_errors, retries,
+    atomic_uint_fast64_t queued, committed, coalesced, batches, redis_errors, retries,
         heartbeats, reaped_servers, reaped_sparks, reregistered;
 } mpx__counters_t;
 
@@ -287,10 +340,19 @@ struct mpx {
     pthread_mutex_t sync_mu;
     mpx__conn_t sync_conn;
 
-    mpx__table_t *table;
+    mpx__cache_t *cache;
+    const mpx__srv_t *_Atomic self_srv; /* interned own address, NULL if none */
     mpx__writer_t *writer;
+    mpx__lookup_t *lookup;
+    mpx__hist_t commit_hist;
     atomic_bool closing;
 };
+
+/* registry.c helpers shared with lookup.c */
+bool mpx__local_hit(mpx_t *m, const void *id, size_t len, const mpx__srv_t **srv);
+void mpx__learn(mpx_t *m, const void *id, size_t len, const char *addr, size_t alen);
+mpx_list_t *mpx__list_new(size_t n);
+int mpx__list_set(mpx_list_t *l, size_t i, const char *s, size_t n);
 
 /* Fire on_error (from a library thread). */
 void mpx__report(mpx_t *m, int err, const char *fmt, ...)

@@ -51,6 +51,13 @@ int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1])
     return st;
 }
 
+static size_t own_count(mpx_t *m)
+{
+    mpx__cache_stats_t cs;
+    mpx__cache_stats(m->cache, &cs);
+    return (size_t)cs.own;
+}
+
 static void set_state(mpx_t *m, int state, const char *addr)
 {
     pthread_mutex_lock(&m->addr_mu);
@@ -116,7 +123,11 @@ static int do_register(mpx_t *m, mpx__conn_t *c)
                        m->address);
     } else {
         c->run_id_changed = false;
+        atomic_store(&m->self_srv, mpx__cache_intern(m->cache, m->address, strlen(m->address)));
         set_state(m, MPX__REGISTERED, m->address);
+        /* Write every spark connected so far (also after the address was
+         * lost and registered again), then start writing changes. */
+        mpx__writer_resync(m);
         mpx__writer_activate(m, m->address);
         /* A move-aside (elem 1) is drained by the heartbeat thread. */
     }
@@ -251,6 +262,21 @@ int mpx__reap_pass(mpx_t *m, mpx__conn_t *c, size_t *reaped, uint64_t drain_budg
         mpx__argv_free(&a);
         return mpx__fail(MPX_EPROTO, "%s is not a set", m->keys.servers);
     }
+    {
+        /* Cached entries of servers no longer registered are stale. */
+        const char **names = malloc((list->elements + 1) * sizeof *names);
+        size_t *lens = malloc((list->elements + 1) * sizeof *lens), n = 0;
+        for (size_t i = 0; names && lens && i < list->elements; i++)
+            if (list->element[i]->type == REDIS_REPLY_STRING) {
+                names[n] = list->element[i]->str;
+                lens[n++] = list->element[i]->len;
+            }
+        if (names && lens)
+            mpx__cache_servers_seen(m->cache, names, lens, n);
+        free(names);
+        free(lens);
+        mpx__cache_sweep_remote(m->cache, mpx__now_ms());
+    }
     for (size_t i = 0; rc == 0 && i < list->elements; i++) {
         redisReply *e = list->element[i];
         if (e->type != REDIS_REPLY_STRING || e->len == 0 || e->len > MPX_ADDRESS_MAX ||
@@ -266,6 +292,7 @@ int mpx__reap_pass(mpx_t *m, mpx__conn_t *c, size_t *reaped, uint64_t drain_budg
         if ((rc = mpx__conn_command(c, &a, &r)))
             break;
         if (elem_int(r, 0) == 1) {
+            mpx__cache_server_gone(m->cache, e->str);
             (*reaped)++;
             atomic_fetch_add_explicit(&m->n.reaped_servers, 1, memory_order_relaxed);
         }
@@ -313,8 +340,8 @@ int mpx_unregister(mpx_t *mpx)
     /* No batch may run after the retire script, or it would recreate keys. */
     mpx__writer_activate(mpx, NULL);
     set_state(mpx, MPX__UNREGISTERED, NULL);
-    mpx__writer_discard(mpx);
-    mpx__table_clear(mpx->table);
+    atomic_store(&mpx->self_srv, NULL);
+    mpx__cache_drop_own(mpx->cache);
 
     int rc = 0;
     if (was_registered) {
@@ -418,7 +445,7 @@ static void tick(mpx_t *m, hb_state_t *hs)
         mpx__report(m, MPX_EADDRINUSE,
                     "heartbeat: address %s was taken over by instance %s (this process paused "
                     "longer than the lease?); stopped writing, %zu local sparks kept in memory",
-                    m->address, elem_str(r, 1), mpx__table_count(m->table));
+                    m->address, elem_str(r, 1), own_count(m));
         freeReplyObject(r);
         mpx__writer_activate(m, NULL);
         set_state(m, MPX__UNREGISTERED, m->address);
@@ -433,7 +460,7 @@ static void tick(mpx_t *m, hb_state_t *hs)
                     m->address,
                     present == 0 ? "missing from the servers set (reaped, or Redis lost its data)"
                                  : "on a Redis that restarted (run_id changed)",
-                    mpx__table_count(m->table));
+                    own_count(m));
         mpx__writer_resync(m);
         if (present == 0 && m->opt.on_register)
             m->opt.on_register(m, m->address, m->opt.on_register_data);

@@ -7,10 +7,11 @@
  * (lifecycle.c). It never talks to Redis itself.
  *
  * Lookups and mpx_servers share one connection (sync_conn) under sync_mu;
- * this server's own sparks are answered from the local table without
+ * this server's own sparks are answered from the cache without
  * Redis.
  */
 #include <fcntl.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,7 @@ static char *dup_str(const char *s)
 
 static void free_handle(mpx_t *m)
 {
-    mpx__table_destroy(m->table);
+    mpx__cache_destroy(m->cache);
     mpx__conn_close(&m->life_conn);
     mpx__conn_close(&m->sync_conn);
     mpx__keys_free(&m->keys);
@@ -113,9 +114,9 @@ int mpx_create(const mpx_options_t *opts, mpx_t **out)
         free_handle(m);
         return rc == MPX_ENOMEM ? mpx__fail(rc, "out of memory") : rc;
     }
-    if (!(m->table = mpx__table_create(o.size_hint))) {
+    if (!(m->cache = mpx__cache_create(o.size_hint, o.remote_max))) {
         free_handle(m);
-        return mpx__fail(MPX_ENOMEM, "out of memory (spark table)");
+        return mpx__fail(MPX_ENOMEM, "out of memory (spark cache)");
     }
     make_instance_id(m->instance);
     mpx__conn_init(&m->life_conn, &m->ep, o.connect_timeout_ms, o.command_timeout_ms,
@@ -130,7 +131,13 @@ int mpx_create(const mpx_options_t *opts, mpx_t **out)
         free_handle(m);
         return rc;
     }
+    if ((rc = mpx__lookup_start(m)) != 0) {
+        mpx__writer_stop(m, 0);
+        free_handle(m);
+        return rc;
+    }
     if ((rc = mpx__lifecycle_start(m)) != 0) {
+        mpx__lookup_stop(m);
         mpx__writer_stop(m, 0);
         free_handle(m);
         return rc;
@@ -145,26 +152,23 @@ void mpx_destroy(mpx_t *mpx)
         return;
     atomic_store(&mpx->closing, true);
     mpx__lifecycle_stop(mpx);
+    mpx__lookup_stop(mpx);
     size_t left = mpx__writer_stop(mpx, 2 * mpx->opt.command_timeout_ms);
     if (left)
-        mpx__report(mpx, MPX_ETIMEDOUT, "destroy: %zu queued changes could not be written", left);
+        mpx__report(mpx, MPX_ETIMEDOUT, "destroy: %zu sparks' changes could not be written", left);
     free_handle(mpx);
 }
 
 /* ---- sparks --------------------------------------------------------------------- */
 
-typedef struct push_ctx {
-    mpx_t *m;
-    int kind;
-} push_ctx_t;
-
-static int push_hook(const void *id, size_t len, void *data)
+static uint64_t mono_ns(void)
 {
-    push_ctx_t *p = data;
-    return mpx__writer_push(p->m, p->kind, id, len);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int change(mpx_t *mpx, int kind, const void *id, size_t len)
+static int change(mpx_t *mpx, bool connect, const void *id, size_t len)
 {
     mpx__clear_error();
     if (!mpx)
@@ -174,22 +178,26 @@ static int change(mpx_t *mpx, int kind, const void *id, size_t len)
         return rc;
     if (atomic_load_explicit(&mpx->closing, memory_order_relaxed))
         return mpx__fail(MPX_ECLOSED, "the registry is being destroyed");
-    push_ctx_t p = {mpx, kind};
-    rc = kind == MPX__OP_CONNECT ? mpx__table_add(mpx->table, id, len, push_hook, &p)
-                                 : mpx__table_del(mpx->table, id, len, push_hook, &p);
-    if (rc == MPX_ENOMEM)
+    uint64_t t = mono_ns();
+    rc = connect ? mpx__cache_connect(mpx->cache, id, len, t)
+                 : mpx__cache_disconnect(mpx->cache, id, len, t);
+    if (rc < 0)
         return mpx__fail(rc, "out of memory recording a spark");
-    return rc < 0 ? rc : 0;
+    if (rc > 0) {
+        atomic_fetch_add_explicit(&mpx->n.queued, 1, memory_order_relaxed);
+        mpx__writer_kick(mpx);
+    }
+    return 0;
 }
 
 int mpx_connect(mpx_t *mpx, const void *id, size_t len)
 {
-    return change(mpx, MPX__OP_CONNECT, id, len);
+    return change(mpx, true, id, len);
 }
 
 int mpx_disconnect(mpx_t *mpx, const void *id, size_t len)
 {
-    return change(mpx, MPX__OP_DISCONNECT, id, len);
+    return change(mpx, false, id, len);
 }
 
 int mpx_flush(mpx_t *mpx, uint32_t timeout_ms)
@@ -198,9 +206,11 @@ int mpx_flush(mpx_t *mpx, uint32_t timeout_ms)
     if (!mpx)
         return mpx__fail(MPX_EINVAL, "registry is NULL");
     char addr[MPX_ADDRESS_MAX + 1];
-    if (mpx__get_address(mpx, addr) == MPX__UNREGISTERED && mpx__writer_pending(mpx) > 0)
-        return mpx__fail(MPX_ESTATE, "flush: not registered; %llu changes wait for mpx_register",
-                         (unsigned long long)mpx__writer_pending(mpx));
+    mpx__cache_stats_t cs;
+    mpx__cache_stats(mpx->cache, &cs);
+    if (mpx__get_address(mpx, addr) == MPX__UNREGISTERED && cs.pending > 0)
+        return mpx__fail(MPX_ESTATE, "flush: not registered; %llu sparks wait for mpx_register",
+                         (unsigned long long)cs.pending);
     return mpx__writer_flush(mpx, timeout_ms);
 }
 
@@ -230,12 +240,29 @@ int mpx_address(mpx_t *mpx, char *buf, size_t *len)
     return copy_out(addr, strlen(addr), buf, len);
 }
 
-/* Own spark? Then its address is ours (if we have one). */
-static bool local_hit(mpx_t *m, const void *id, size_t len, char addr[MPX_ADDRESS_MAX + 1])
+/* Answered from memory? Own sparks (once this server has an address) and,
+ * with remote_ttl_ms, fresh entries learned from earlier lookups. Sets *srv. */
+bool mpx__local_hit(mpx_t *m, const void *id, size_t len, const mpx__srv_t **srv)
 {
-    if (!mpx__table_has(m->table, id, len))
-        return false;
-    return mpx__get_address(m, addr) != MPX__UNREGISTERED && addr[0];
+    int k = mpx__cache_lookup(m->cache, id, len, mpx__now_ms(), srv);
+    if (k == 1) {
+        *srv = atomic_load_explicit(&m->self_srv, memory_order_acquire);
+        return *srv != NULL;
+    }
+    return k == 2;
+}
+
+/* Remember a remote answer, if remote caching is on. */
+void mpx__learn(mpx_t *m, const void *id, size_t len, const char *addr, size_t alen)
+{
+    if (!m->opt.remote_ttl_ms)
+        return;
+    const mpx__srv_t *self = atomic_load_explicit(&m->self_srv, memory_order_acquire);
+    if (self && self->len == alen && memcmp(self->addr, addr, alen) == 0)
+        return; /* our own spark, about to be (or just) disconnected: not cached */
+    const mpx__srv_t *srv = mpx__cache_intern(m->cache, addr, alen);
+    if (srv && !atomic_load(&srv->dead))
+        mpx__cache_learn(m->cache, id, len, srv, mpx__now_ms() + m->opt.remote_ttl_ms);
 }
 
 static int sync_command(mpx_t *m, mpx__argv_t *a, redisReply **r)
@@ -254,9 +281,9 @@ int mpx_spark(mpx_t *mpx, const void *id, size_t len, char *buf, size_t *buflen)
     int rc = mpx__check_id(id, len);
     if (rc)
         return rc;
-    char addr[MPX_ADDRESS_MAX + 1];
-    if (local_hit(mpx, id, len, addr))
-        return copy_out(addr, strlen(addr), buf, buflen);
+    const mpx__srv_t *srv;
+    if (mpx__local_hit(mpx, id, len, &srv))
+        return copy_out(srv->addr, srv->len, buf, buflen);
     mpx__argv_t a;
     mpx__argv_init(&a);
     mpx__argv_push(&a, "HGET", 4);
@@ -271,8 +298,10 @@ int mpx_spark(mpx_t *mpx, const void *id, size_t len, char *buf, size_t *buflen)
         rc = mpx__fail(MPX_ENOTFOUND, "spark not found");
     else if (r->type != REDIS_REPLY_STRING)
         rc = mpx__fail(MPX_EPROTO, "HGET %s: not a string reply", mpx->keys.sparks);
-    else
+    else {
+        mpx__learn(mpx, id, len, r->str, r->len);
         rc = copy_out(r->str, r->len, buf, buflen);
+    }
     freeReplyObject(r);
     return rc;
 }
@@ -288,7 +317,7 @@ void mpx_list_free(mpx_list_t *list)
     free(list);
 }
 
-static mpx_list_t *list_new(size_t n)
+mpx_list_t *mpx__list_new(size_t n)
 {
     mpx_list_t *l = calloc(1, sizeof *l);
     if (!l)
@@ -303,7 +332,7 @@ static mpx_list_t *list_new(size_t n)
     return l;
 }
 
-static int list_set(mpx_list_t *l, size_t i, const char *s, size_t n)
+int mpx__list_set(mpx_list_t *l, size_t i, const char *s, size_t n)
 {
     char *d = malloc(n + 1);
     if (!d)
@@ -328,7 +357,7 @@ int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
         if ((rc = mpx__check_id(ids[i], len)) != 0)
             return mpx__fail(rc, "mpx_sparks: id %zu: %s", i, mpx_last_error());
     }
-    mpx_list_t *l = list_new(n);
+    mpx_list_t *l = mpx__list_new(n);
     if (!l)
         return mpx__fail(MPX_ENOMEM, "out of memory");
     mpx__argv_t a;
@@ -340,9 +369,9 @@ int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
              mpx__argv_push(&a, mpx->keys.sparks, mpx->keys.sparks_len);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         size_t len = lens ? lens[i] : strlen(ids[i]);
-        char addr[MPX_ADDRESS_MAX + 1];
-        if (local_hit(mpx, ids[i], len, addr)) {
-            rc = list_set(l, i, addr, strlen(addr));
+        const mpx__srv_t *srv;
+        if (mpx__local_hit(mpx, ids[i], len, &srv)) {
+            rc = mpx__list_set(l, i, srv->addr, srv->len);
         } else {
             miss[nmiss++] = i;
             rc = mpx__argv_push(&a, ids[i], len);
@@ -359,8 +388,11 @@ int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
             } else {
                 for (size_t k = 0; rc == 0 && k < nmiss; k++) {
                     redisReply *e = r->element[k];
-                    if (e->type == REDIS_REPLY_STRING)
-                        rc = list_set(l, miss[k], e->str, e->len);
+                    if (e->type == REDIS_REPLY_STRING) {
+                        size_t i = miss[k];
+                        mpx__learn(mpx, ids[i], lens ? lens[i] : strlen(ids[i]), e->str, e->len);
+                        rc = mpx__list_set(l, i, e->str, e->len);
+                    }
                 }
                 if (rc)
                     rc = mpx__fail(MPX_ENOMEM, "out of memory");
@@ -399,7 +431,7 @@ int mpx_servers(mpx_t *mpx, int include_self, mpx_list_t **out)
         freeReplyObject(r);
         return mpx__fail(MPX_EPROTO, "SMEMBERS %s: not a set", mpx->keys.servers);
     }
-    mpx_list_t *l = list_new(r->elements);
+    mpx_list_t *l = mpx__list_new(r->elements);
     size_t k = 0;
     for (size_t i = 0; l && rc == 0 && i < r->elements; i++) {
         redisReply *e = r->element[i];
@@ -407,7 +439,7 @@ int mpx_servers(mpx_t *mpx, int include_self, mpx_list_t **out)
             continue;
         if (!include_self && self[0] && strcmp(e->str, self) == 0)
             continue;
-        rc = list_set(l, k++, e->str, e->len);
+        rc = mpx__list_set(l, k++, e->str, e->len);
     }
     freeReplyObject(r);
     if (!l || rc) {
@@ -425,11 +457,14 @@ int mpx_stats(mpx_t *mpx, mpx_stats_t *out)
     if (!mpx || !out)
         return mpx__fail(MPX_EINVAL, "mpx_stats: NULL argument");
     memset(out, 0, sizeof *out);
+    mpx__cache_stats_t cs;
+    mpx__cache_stats(mpx->cache, &cs);
 #define LOAD(f) atomic_load_explicit(&mpx->n.f, memory_order_relaxed)
-    out->local_sparks = mpx__table_count(mpx->table);
+    out->local_sparks = cs.own;
     out->queued = LOAD(queued);
     out->committed = LOAD(committed);
-    out->pending = mpx__writer_pending(mpx);
+    out->coalesced = LOAD(coalesced);
+    out->pending = cs.pending;
     out->batches = LOAD(batches);
     out->redis_errors = LOAD(redis_errors);
     out->retries = LOAD(retries);
@@ -438,5 +473,15 @@ int mpx_stats(mpx_t *mpx, mpx_stats_t *out)
     out->reaped_sparks = LOAD(reaped_sparks);
     out->reregistered = LOAD(reregistered);
 #undef LOAD
+    out->cache_entries = cs.own + cs.remote;
+    out->cache_bytes = cs.bytes;
+    out->lookup_hits = cs.hits;
+    out->lookup_misses = cs.misses;
+    const mpx__hist_t *h = &mpx->commit_hist;
+    out->commit_latency_p50_us = mpx__hist_quantile(h, 0.50);
+    out->commit_latency_p99_us = mpx__hist_quantile(h, 0.99);
+    out->commit_latency_p999_us = mpx__hist_quantile(h, 0.999);
+    out->commit_latency_max_us = atomic_load_explicit(&h->max, memory_order_relaxed);
+    out->commit_latency_count = atomic_load_explicit(&h->count, memory_order_relaxed);
     return 0;
 }

@@ -1,33 +1,37 @@
 /*
- * writer.c - the writer thread: queued spark changes -> Redis batches.
+ * writer.c - the writer thread: dirty sparks in the cache -> Redis.
  *
- * Producers (gateway threads in mpx_connect / mpx_disconnect) append a
- * change to the queue under w->mu, while holding the spark's table shard
- * lock, so the queue order of one id's changes is the order in which the
- * table saw them. They never touch the network.
+ * Gateway threads change a spark's record in the cache (cache.c) and, when
+ * its wanted state now differs from what Redis has, put it on its shard's
+ * dirty list; they wake this thread only if it sleeps (one atomic load on
+ * the hot path). They never touch the network.
  *
- * The writer thread takes the whole queue when it holds batch_max changes
- * or its oldest change waited batch_delay_ms, and sends it as pipelined
- * MULTI/EXEC transactions of at most batch_max changes each. Within a
- * transaction, runs of consecutive connects become variadic HSET + SADD,
- * runs of disconnects one EVALSHA of the conditional-delete script (the
- * hash field goes only while it still names this server), each command
- * carrying at most MPX__CMD_IDS ids. Order is kept, so the result equals
- * applying the changes one by one; every batch is idempotent, so a failed
- * batch is retried whole (reconnecting with backoff) until it is written,
- * the registry is unregistered, or destroy gives up.
+ * A cycle: take every shard's dirty list at once, then pull the records in
+ * order, shard by shard, coalescing each to its net change (a spark
+ * connected and disconnected since the last commit costs nothing), and send
+ * them as MULTI/EXEC transactions of at most batch_max changes: runs of
+ * connects become variadic HSET + SADD, runs of disconnects one EVALSHA of
+ * the conditional-delete script (the field goes only while it names this
+ * server), at most MPX__CMD_IDS ids per command. Two transactions are in
+ * flight at a time: the next one is built while Redis executes the current.
+ * Each acknowledged transaction updates the records (HAVE) and the commit
+ * latency histogram at once. A transaction that fails is retried whole
+ * (they are idempotent), reconnecting with backoff, until it is written, the
+ * server unregisters, or destroy gives up. A cycle starts when a change
+ * waited batch_delay_ms or batch_max changes wait, or a flush asks for one.
  *
- * While this server is not registered (state != REGISTERED) nothing is
- * written: changes wait in the queue and go out once it is.
+ * flush: a caller bumps `requested` and waits until a cycle that started
+ * after that (it read `requested` before taking the lists) completes, so
+ * every change made before the call is committed.
  *
- * Resync: when the heartbeat finds this server missing from Redis (reaped
- * during a pause, Redis restarted empty), it asks for every spark in the
- * local table to be written again; the writer walks the table shard by
- * shard and writes connects for all of them.
+ * Resync (this server missing from Redis, or Redis restarted): mark every
+ * own spark as not written (the cycle rewrites them all), then scan this
+ * server's set in Redis and delete the entries the cache does not want
+ * (stale data from an old RDB/AOF).
  *
- * Invariants: committed <= queued (sequence numbers); `busy` is true while
- * a batch is in flight, and mpx__writer_activate(NULL) waits for it to
- * clear, so after unregister no batch can recreate this server's keys.
+ * Nothing is written while not registered (active == false): changes stay
+ * in the cache until registration. Deactivation waits for the cycle in
+ * flight, so after unregister no batch can recreate this server's keys.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,63 +42,24 @@
 
 #define MPX__CMD_IDS 1000 /* ids per HSET / SADD / script call */
 
-typedef struct op {
-    uint32_t off;  /* offset of the id in the arena */
-    uint16_t len;
-    uint8_t kind;  /* MPX__OP_CONNECT / MPX__OP_DISCONNECT */
-} op_t;
-
-typedef struct opq {
-    op_t *ops;
-    size_t n, cap;
-    mpx__buf_t arena;
-} opq_t;
-
 struct mpx__writer {
     pthread_t thread;
     pthread_mutex_t mu;
-    pthread_cond_t cond;      /* producers -> writer: work, stop, activate */
-    pthread_cond_t done;      /* writer -> flushers / deactivate: progress */
-    opq_t q;                  /* under mu */
-    uint64_t oldest_ms;       /* enqueue time of q's first change */
-    uint64_t seq_queued;      /* under mu */
-    uint64_t seq_committed;   /* under mu */
+    pthread_cond_t cond; /* -> writer: work, flush, stop, activate */
+    pthread_cond_t done; /* -> waiters: a cycle completed, busy cleared */
     bool active, busy, stop, resync;
     uint64_t stop_deadline_ms;
-    char addr[MPX_ADDRESS_MAX + 1]; /* under mu; valid while active */
-    mpx__conn_t conn;         /* writer thread only */
+    uint64_t requested, completed; /* flush cycles, under mu */
+    char addr[MPX_ADDRESS_MAX + 1];
+    atomic_bool sleeping;          /* the thread waits for work */
+    mpx__conn_t conn;              /* writer thread only */
 };
 
-static int opq_push(opq_t *q, int kind, const void *id, size_t len)
+static uint64_t now_ns(void)
 {
-    if (q->n == q->cap) {
-        size_t cap = q->cap ? q->cap * 2 : 1024;
-        op_t *o = realloc(q->ops, cap * sizeof *o);
-        if (!o)
-            return MPX_ENOMEM;
-        q->ops = o;
-        q->cap = cap;
-    }
-    if (q->arena.len + len > UINT32_MAX)
-        return MPX_ENOMEM;
-    uint32_t off = (uint32_t)q->arena.len;
-    if (mpx__buf_append(&q->arena, id, len))
-        return MPX_ENOMEM;
-    q->ops[q->n++] = (op_t){off, (uint16_t)len, (uint8_t)kind};
-    return 0;
-}
-
-static void opq_clear(opq_t *q)
-{
-    q->n = 0;
-    q->arena.len = 0;
-}
-
-static void opq_free(opq_t *q)
-{
-    free(q->ops);
-    mpx__buf_free(&q->arena);
-    memset(q, 0, sizeof *q);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void deadline_ts(struct timespec *ts, uint64_t ms)
@@ -108,94 +73,99 @@ static void deadline_ts(struct timespec *ts, uint64_t ms)
     }
 }
 
-/* ---- building and sending a batch ---------------------------------------- */
+/* ---- one transaction -------------------------------------------------------- */
 
-typedef struct batch_ctx {
-    mpx_t *m;
-    const char *addr;
-    mpx__argv_t a;
-} batch_ctx_t;
+typedef struct tx {
+    mpx__op_t *ops;
+    size_t n;
+    int cmds;  /* commands between MULTI and EXEC */
+} tx_t;
 
-/* Append the commands for ops[i..j) (all of one kind) to the pipeline.
- * Returns the number of commands appended, or an error. */
-static int append_run(batch_ctx_t *b, mpx__conn_t *c, const opq_t *q, size_t i, size_t j)
+/* Append the commands for ops[i..j) (one kind) to the pipeline. */
+static int append_run(mpx_t *m, mpx__conn_t *c, mpx__argv_t *a, const char *addr,
+                      const mpx__op_t *ops, size_t i, size_t j, int *cmds)
 {
-    mpx_t *m = b->m;
-    int cmds = 0, rc;
-    const char *addr = b->addr;
     size_t alen = strlen(addr);
+    int rc;
     for (size_t s = i; s < j; s += MPX__CMD_IDS) {
         size_t e = s + MPX__CMD_IDS < j ? s + MPX__CMD_IDS : j;
-        if (q->ops[i].kind == MPX__OP_CONNECT) {
-            mpx__argv_reset(&b->a);
-            rc = mpx__argv_push(&b->a, "HSET", 4);
-            rc |= mpx__argv_push(&b->a, m->keys.sparks, m->keys.sparks_len);
+        if (ops[i].want) {
+            mpx__argv_reset(a);
+            rc = mpx__argv_push(a, "HSET", 4);
+            rc |= mpx__argv_push(a, m->keys.sparks, m->keys.sparks_len);
             for (size_t k = s; k < e; k++) {
-                rc |= mpx__argv_push(&b->a, q->arena.data + q->ops[k].off, q->ops[k].len);
-                rc |= mpx__argv_push(&b->a, addr, alen);
+                rc |= mpx__argv_push(a, ops[k].id, ops[k].len);
+                rc |= mpx__argv_push(a, addr, alen);
             }
             if (rc)
-                return MPX_ENOMEM;
-            if ((rc = mpx__conn_append(c, &b->a)))
+                return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
+            if ((rc = mpx__conn_append(c, a)))
                 return rc;
-            mpx__argv_reset(&b->a);
-            rc = mpx__argv_push(&b->a, "SADD", 4);
-            rc |= mpx__key_set(&m->keys, addr, &b->a);
+            mpx__argv_reset(a);
+            rc = mpx__argv_push(a, "SADD", 4);
+            rc |= mpx__key_set(&m->keys, addr, a);
             for (size_t k = s; k < e; k++)
-                rc |= mpx__argv_push(&b->a, q->arena.data + q->ops[k].off, q->ops[k].len);
+                rc |= mpx__argv_push(a, ops[k].id, ops[k].len);
             if (rc)
-                return MPX_ENOMEM;
-            if ((rc = mpx__conn_append(c, &b->a)))
+                return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
+            if ((rc = mpx__conn_append(c, a)))
                 return rc;
-            cmds += 2;
+            *cmds += 2;
         } else {
-            mpx__argv_reset(&b->a);
-            rc = mpx__argv_push(&b->a, "EVALSHA", 7);
-            rc |= mpx__argv_push(&b->a, c->shas[MPX__SCRIPT_DISCONNECT], 40);
-            rc |= mpx__argv_push(&b->a, "2", 1);
-            rc |= mpx__argv_push(&b->a, m->keys.sparks, m->keys.sparks_len);
-            rc |= mpx__key_set(&m->keys, addr, &b->a);
-            rc |= mpx__argv_push(&b->a, addr, alen);
+            mpx__argv_reset(a);
+            rc = mpx__argv_push(a, "EVALSHA", 7);
+            rc |= mpx__argv_push(a, c->shas[MPX__SCRIPT_DISCONNECT], 40);
+            rc |= mpx__argv_push(a, "2", 1);
+            rc |= mpx__argv_push(a, m->keys.sparks, m->keys.sparks_len);
+            rc |= mpx__key_set(&m->keys, addr, a);
+            rc |= mpx__argv_push(a, addr, alen);
             for (size_t k = s; k < e; k++)
-                rc |= mpx__argv_push(&b->a, q->arena.data + q->ops[k].off, q->ops[k].len);
+                rc |= mpx__argv_push(a, ops[k].id, ops[k].len);
             if (rc)
-                return MPX_ENOMEM;
-            if ((rc = mpx__conn_append(c, &b->a)))
+                return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
+            if ((rc = mpx__conn_append(c, a)))
                 return rc;
-            cmds += 1;
+            *cmds += 1;
         }
     }
-    return cmds;
+    return 0;
 }
 
-/* Send ops[from..to) as one MULTI/EXEC. 0 or an error (message set). */
-static int send_tx(batch_ctx_t *b, mpx__conn_t *c, const opq_t *q, size_t from, size_t to)
+/* Queue MULTI, the commands, EXEC into the connection's output buffer and
+ * push them to the socket, without reading. */
+static int send_tx(mpx_t *m, mpx__conn_t *c, mpx__argv_t *a, const char *addr, tx_t *t)
 {
     int rc;
-    mpx__argv_reset(&b->a);
-    mpx__argv_push(&b->a, "MULTI", 5);
-    if ((rc = mpx__conn_append(c, &b->a)))
+    t->cmds = 0;
+    mpx__argv_reset(a);
+    mpx__argv_push(a, "MULTI", 5);
+    if ((rc = mpx__conn_append(c, a)))
         return rc;
-    int cmds = 0;
-    for (size_t i = from; i < to;) {
+    for (size_t i = 0; i < t->n;) {
         size_t j = i + 1;
-        while (j < to && q->ops[j].kind == q->ops[i].kind)
+        while (j < t->n && t->ops[j].want == t->ops[i].want)
             j++;
-        int n = append_run(b, c, q, i, j);
-        if (n < 0)
-            return n;
-        cmds += n;
+        if ((rc = append_run(m, c, a, addr, t->ops, i, j, &t->cmds)))
+            return rc;
         i = j;
     }
-    mpx__argv_reset(&b->a);
-    mpx__argv_push(&b->a, "EXEC", 4);
-    if ((rc = mpx__conn_append(c, &b->a)))
+    mpx__argv_reset(a);
+    mpx__argv_push(a, "EXEC", 4);
+    if ((rc = mpx__conn_append(c, a)))
         return rc;
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c->ctx, &done) != REDIS_OK)
+            return mpx__conn_io_error(c, "write");
+    return 0;
+}
 
-    /* Replies: +OK, cmds x +QUEUED, then the EXEC array. */
-    int first_err = 0;
+/* Read the replies of a sent transaction: +OK, QUEUED..., EXEC array. */
+static int read_tx(mpx__conn_t *c, tx_t *t)
+{
+    int rc, first_err = 0;
     char errbuf[256] = "";
-    for (int k = 0; k < cmds + 2; k++) {
+    for (int k = 0; k < t->cmds + 2; k++) {
         redisReply *r;
         if ((rc = mpx__conn_read(c, &r)))
             return rc;
@@ -203,25 +173,25 @@ static int send_tx(batch_ctx_t *b, mpx__conn_t *c, const opq_t *q, size_t from, 
             first_err = MPX_EREDIS;
             snprintf(errbuf, sizeof errbuf, "%s", r->str);
         }
-        if (k == cmds + 1 && !first_err) {
+        if (k == t->cmds + 1 && !first_err) {
             if (r->type != REDIS_REPLY_ARRAY) {
                 first_err = MPX_EREDIS;
                 snprintf(errbuf, sizeof errbuf, "EXEC aborted");
             } else {
-                for (size_t e = 0; e < r->elements; e++) {
+                for (size_t e = 0; e < r->elements; e++)
                     if (r->element[e]->type == REDIS_REPLY_ERROR) {
                         first_err = MPX_EREDIS;
                         snprintf(errbuf, sizeof errbuf, "%s", r->element[e]->str);
                         break;
                     }
-                }
             }
         }
         freeReplyObject(r);
     }
     if (first_err) {
-        if (strncmp(errbuf, "NOSCRIPT", 8) == 0)
-            mpx__conn_close(c); /* reconnect reloads the scripts */
+        /* NOSCRIPT (a SCRIPT FLUSH) or anything else: reconnecting reloads
+         * the scripts, and the transaction is retried whole. */
+        mpx__conn_close(c);
         if (c->error_counter)
             atomic_fetch_add_explicit(c->error_counter, 1, memory_order_relaxed);
         return mpx__fail(MPX_EREDIS, "batch write failed: %s", errbuf);
@@ -229,147 +199,265 @@ static int send_tx(batch_ctx_t *b, mpx__conn_t *c, const opq_t *q, size_t from, 
     return 0;
 }
 
-/* Write the whole queue copy `q` (pipelined transactions). */
-static int send_all(mpx_t *m, mpx__conn_t *c, const opq_t *q, const char *addr)
+static void acknowledged(mpx_t *m, tx_t *t)
 {
-    batch_ctx_t b = {.m = m, .addr = addr};
-    mpx__argv_init(&b.a);
-    int rc = mpx__conn_ensure(c, false);
-    size_t step = m->opt.batch_max;
-    for (size_t i = 0; rc == 0 && i < q->n; i += step) {
-        size_t to = i + step < q->n ? i + step : q->n;
-        rc = send_tx(&b, c, q, i, to);
-        if (rc == 0)
-            atomic_fetch_add_explicit(&m->n.batches, 1, memory_order_relaxed);
-    }
-    mpx__argv_free(&b.a);
-    return rc;
+    mpx__cache_committed(m->cache, t->ops, t->n);
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < t->n; i++)
+        mpx__hist_add(&m->commit_hist, now > t->ops[i].t_ns ? (now - t->ops[i].t_ns) / 1000u : 0);
+    atomic_fetch_add_explicit(&m->n.committed, t->n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->n.batches, 1, memory_order_relaxed);
 }
 
-/* ---- resync ---------------------------------------------------------------- */
-
-typedef struct resync_ctx {
-    opq_t q;
-    int err;
-} resync_ctx_t;
-
-static int collect(const void *id, size_t len, void *data)
+/* Should a retry loop give up? (deactivated, or stopping past deadline) */
+static bool give_up(mpx__writer_t *w, uint32_t backoff_ms)
 {
-    resync_ctx_t *r = data;
-    if (opq_push(&r->q, MPX__OP_CONNECT, id, len)) {
-        r->err = MPX_ENOMEM;
-        return 1;
+    pthread_mutex_lock(&w->mu);
+    bool g = !w->active || (w->stop && mpx__now_ms() >= w->stop_deadline_ms);
+    if (!g && backoff_ms) {
+        struct timespec ts;
+        deadline_ts(&ts, backoff_ms);
+        pthread_cond_timedwait(&w->cond, &w->mu, &ts);
+        g = !w->active || (w->stop && mpx__now_ms() >= w->stop_deadline_ms);
     }
-    return 0;
+    pthread_mutex_unlock(&w->mu);
+    return g;
 }
 
-/* ---- the thread ------------------------------------------------------------ */
-
-/* Retry `q` until written; false if abandoned (deactivated or stopping past
- * the deadline). Called without w->mu. */
-static bool write_until_done(mpx_t *m, mpx__writer_t *w, const opq_t *q, const char *addr)
+/* Write transactions `t[0..nt)` (already built, maybe partly sent) one by
+ * one until each is acknowledged. false if abandoned. */
+static bool retry_txs(mpx_t *m, mpx__writer_t *w, mpx__argv_t *a, const char *addr, tx_t *t,
+                      int nt)
 {
     uint32_t backoff = 50;
-    for (unsigned attempt = 0;; attempt++) {
-        int rc = send_all(m, &w->conn, q, addr);
-        if (rc == 0)
-            return true;
-        if (attempt == 0 || attempt % 20 == 0)
-            mpx__report(m, rc, "writer: %s (%zu changes kept, retrying)", mpx_last_error(), q->n);
+    for (int i = 0; i < nt;) {
         atomic_fetch_add_explicit(&m->n.retries, 1, memory_order_relaxed);
-        pthread_mutex_lock(&w->mu);
-        bool give_up = !w->active || (w->stop && mpx__now_ms() >= w->stop_deadline_ms);
-        if (!give_up) {
-            struct timespec ts;
-            deadline_ts(&ts, backoff);
-            pthread_cond_timedwait(&w->cond, &w->mu, &ts);
-            give_up = !w->active || (w->stop && mpx__now_ms() >= w->stop_deadline_ms);
+        int rc = mpx__conn_ensure(&w->conn, false);
+        if (rc == 0 && (rc = send_tx(m, &w->conn, a, addr, &t[i])) == 0 &&
+            (rc = read_tx(&w->conn, &t[i])) == 0) {
+            acknowledged(m, &t[i]);
+            i++;
+            backoff = 50;
+            continue;
         }
-        pthread_mutex_unlock(&w->mu);
-        if (give_up)
+        mpx__report(m, rc, "writer: %s (%zu changes kept, retrying)", mpx_last_error(), t[i].n);
+        if (give_up(w, backoff))
             return false;
         backoff = backoff < 1000 ? backoff * 2 : 1000;
     }
+    return true;
+}
+
+/* One cycle: everything taken from the cache now. false if abandoned. */
+static bool write_cycle(mpx_t *m, mpx__writer_t *w, const char *addr, tx_t tx[2],
+                        mpx__argv_t *a)
+{
+    size_t coalesced = 0;
+    bool ok = true;
+    mpx__cache_take(m->cache);
+    int inflight = 0; /* transactions sent, replies not read: tx[0], then tx[1] */
+    for (;;) {
+        /* Build the next transaction while the previous one executes. */
+        tx_t *next = &tx[inflight];
+        next->n = mpx__cache_next_ops(m->cache, next->ops, m->opt.batch_max, &coalesced);
+        int rc = 0;
+        if (next->n > 0) {
+            rc = mpx__conn_ensure(&w->conn, false);
+            if (rc == 0)
+                rc = send_tx(m, &w->conn, a, addr, next);
+            if (rc) {
+                ok = retry_txs(m, w, a, addr, tx, inflight + 1);
+                inflight = 0;
+                if (!ok)
+                    break;
+                continue;
+            }
+            inflight++;
+        }
+        if (inflight == 0)
+            break;
+        if (inflight == 2 || next->n == 0) {
+            /* Read the oldest in flight. */
+            if ((rc = read_tx(&w->conn, &tx[0])) != 0) {
+                mpx__report(m, rc, "writer: %s (retrying)", mpx_last_error());
+                ok = retry_txs(m, w, a, addr, tx, inflight);
+                inflight = 0;
+                if (!ok)
+                    break;
+                continue;
+            }
+            acknowledged(m, &tx[0]);
+            if (inflight == 2) {
+                tx_t tmp = tx[0];
+                tx[0] = tx[1];
+                tx[1] = tmp;
+            }
+            inflight--;
+        }
+    }
+    if (coalesced)
+        atomic_fetch_add_explicit(&m->n.coalesced, coalesced, memory_order_relaxed);
+    mpx__cache_reclaim(m->cache);
+    return ok;
+}
+
+/* After a resync's rewrite: remove this server's stale entries from Redis:
+ * ids in its set of which the cache has no record at all. (Records the
+ * cache has are settled by the normal path: the resync queued them all.
+ * Deleting one of those here would go behind the cache's back.) An id
+ * connected while this runs is written by a later cycle, after this. */
+static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, mpx__argv_t *a)
+{
+    char cursor[32] = "0";
+    size_t removed = 0;
+    for (unsigned rounds = 0; rounds < 10000000u; rounds++) {
+        mpx__argv_reset(a);
+        mpx__argv_push(a, "SSCAN", 5);
+        mpx__key_set(&m->keys, addr, a);
+        mpx__argv_push(a, cursor, strlen(cursor));
+        mpx__argv_push(a, "COUNT", 5);
+        mpx__argv_push(a, "1000", 4);
+        redisReply *r;
+        int rc = mpx__conn_command(&w->conn, a, &r);
+        if (rc) {
+            mpx__report(m, rc, "writer: reconciling stale entries: %s", mpx_last_error());
+            if (give_up(w, 200))
+                return false;
+            snprintf(cursor, sizeof cursor, "0"); /* start the scan over */
+            continue;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            mpx__report(m, MPX_EPROTO, "writer: unexpected SSCAN reply while reconciling");
+            return true;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        redisReply *ids = r->element[1];
+        mpx__argv_t del;
+        mpx__argv_init(&del);
+        mpx__argv_push(&del, "EVALSHA", 7);
+        mpx__argv_push(&del, w->conn.shas[MPX__SCRIPT_DISCONNECT], 40);
+        mpx__argv_push(&del, "2", 1);
+        mpx__argv_push(&del, m->keys.sparks, m->keys.sparks_len);
+        mpx__key_set(&m->keys, addr, &del);
+        mpx__argv_push(&del, addr, strlen(addr));
+        size_t base = del.argc;
+        for (size_t i = 0; i < ids->elements; i++) {
+            redisReply *e = ids->element[i];
+            if (e->type == REDIS_REPLY_STRING && e->len > 0 && e->len <= MPX_ID_MAX &&
+                !mpx__cache_has_own(m->cache, e->str, e->len))
+                mpx__argv_push(&del, e->str, e->len);
+        }
+        if (del.argc > base) {
+            redisReply *dr;
+            removed += del.argc - base;
+            if (mpx__conn_command(&w->conn, &del, &dr) == 0)
+                freeReplyObject(dr);
+        }
+        mpx__argv_free(&del);
+        freeReplyObject(r);
+        if (strcmp(cursor, "0") == 0)
+            break;
+    }
+    if (removed)
+        mpx__report(m, MPX_ESTATE, "writer: removed %zu stale entries of %s left by an old "
+                    "Redis state", removed, addr);
+    return true;
 }
 
 static void *writer_main(void *arg)
 {
     mpx_t *m = arg;
     mpx__writer_t *w = m->writer;
-    opq_t batch = {0};
-    char addr[MPX_ADDRESS_MAX + 1];
 #ifdef __linux__
     pthread_setname_np(pthread_self(), "mpx-writer");
 #endif
+    tx_t tx[2];
+    for (int i = 0; i < 2; i++) {
+        tx[i].ops = malloc(m->opt.batch_max * sizeof *tx[i].ops);
+        tx[i].n = 0;
+    }
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    char addr[MPX_ADDRESS_MAX + 1];
+    uint64_t first_seen_ms = 0; /* when the writer first saw pending work */
+
     pthread_mutex_lock(&w->mu);
-    for (;;) {
-        bool have = w->active && (w->q.n > 0 || w->resync);
-        if (!have) {
-            if (w->stop)
-                break;
-            pthread_cond_wait(&w->cond, &w->mu);
+    while (tx[0].ops && tx[1].ops) {
+        mpx__cache_stats_t cs;
+        mpx__cache_stats(m->cache, &cs);
+        bool flush_wanted = w->requested > w->completed;
+        bool work = cs.pending > 0 || flush_wanted || w->resync;
+        if (w->stop && (!w->active || !work))
+            break;
+        if (!w->active || !work) {
+            if (!w->active && flush_wanted) {
+                /* Nothing can be written: flush waits time out by themselves. */
+            }
+            /* Sleep; a producer seeing `sleeping` signals us. The re-check
+             * after setting it closes the race with a producer that queued
+             * just before (seq_cst on both sides). */
+            atomic_store(&w->sleeping, true);
+            atomic_thread_fence(memory_order_seq_cst); /* store before the re-check */
+            mpx__cache_stats(m->cache, &cs);
+            if (!w->stop && (!w->active || (cs.pending == 0 && !w->resync &&
+                                            w->requested <= w->completed))) {
+                struct timespec ts;
+                deadline_ts(&ts, 1000);
+                pthread_cond_timedwait(&w->cond, &w->mu, &ts);
+            }
+            atomic_store(&w->sleeping, false);
+            first_seen_ms = 0;
             continue;
         }
-        /* Wait for a full batch or the delay, unless stopping or resyncing. */
         uint64_t now = mpx__now_ms();
-        if (!w->stop && !w->resync && w->q.n < m->opt.batch_max &&
-            now < w->oldest_ms + m->opt.batch_delay_ms) {
+        if (!first_seen_ms)
+            first_seen_ms = now;
+        if (!w->stop && !flush_wanted && !w->resync && cs.pending < m->opt.batch_max &&
+            now < first_seen_ms + m->opt.batch_delay_ms) {
             struct timespec ts;
-            deadline_ts(&ts, w->oldest_ms + m->opt.batch_delay_ms - now);
+            deadline_ts(&ts, first_seen_ms + m->opt.batch_delay_ms - now);
             pthread_cond_timedwait(&w->cond, &w->mu, &ts);
             continue;
         }
-        memcpy(addr, w->addr, sizeof addr);
+        first_seen_ms = 0;
+        uint64_t cycle = w->requested;
         bool resync = w->resync;
         w->resync = false;
-        /* Take the queue: swap with the (empty) batch buffers. */
-        opq_t tmp = w->q;
-        w->q = batch;
-        batch = tmp;
-        uint64_t upto = w->seq_queued;
+        memcpy(addr, w->addr, sizeof addr);
         w->busy = true;
         pthread_mutex_unlock(&w->mu);
 
-        bool ok = true;
-        if (resync) {
-            resync_ctx_t r = {0};
-            mpx__table_each(m->table, collect, &r);
-            if (r.err)
-                mpx__report(m, r.err, "writer: out of memory while rewriting local sparks");
-            ok = write_until_done(m, w, &r.q, addr);
-            opq_free(&r.q);
-            if (!ok) {
-                pthread_mutex_lock(&w->mu);
-                w->resync = w->active; /* still wanted if we only stopped */
-                pthread_mutex_unlock(&w->mu);
-            }
-        }
-        if (ok && batch.n > 0)
-            ok = write_until_done(m, w, &batch, addr);
+        if (resync)
+            mpx__cache_mark_unwritten(m->cache, now_ns());
+        bool ok = write_cycle(m, w, addr, tx, &a);
+        if (ok && resync)
+            ok = remove_stale(m, w, addr, &a);
 
         pthread_mutex_lock(&w->mu);
         w->busy = false;
-        if (ok || !w->active) {
-            /* Written, or dropped because this server unregistered. */
-            if (ok)
-                atomic_fetch_add_explicit(&m->n.committed, batch.n, memory_order_relaxed);
-            if (upto > w->seq_committed)
-                w->seq_committed = upto;
-            opq_clear(&batch);
-        } else {
-            /* Stopping past the deadline: keep the batch for the count. */
-            pthread_cond_broadcast(&w->done);
-            break;
+        if (ok) {
+            if (cycle > w->completed)
+                w->completed = cycle;
+        } else if (resync && w->active) {
+            w->resync = true; /* still to do */
         }
         pthread_cond_broadcast(&w->done);
+        if (!ok && w->stop)
+            break;
     }
     pthread_mutex_unlock(&w->mu);
-    opq_free(&batch);
+    mpx__cache_reclaim(m->cache);
+    free(tx[0].ops);
+    free(tx[1].ops);
+    mpx__argv_free(&a);
     mpx__conn_close(&w->conn);
     return NULL;
 }
 
-/* ---- API for the other components ------------------------------------------ */
+/* ---- API for the other components --------------------------------------------- */
 
 int mpx__writer_start(mpx_t *m)
 {
@@ -377,11 +465,8 @@ int mpx__writer_start(mpx_t *m)
     if (!w)
         return mpx__fail(MPX_ENOMEM, "out of memory");
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_cond_init(&w->cond, &ca);
-    pthread_cond_init(&w->done, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&w->cond, NULL);
+    pthread_cond_init(&w->done, NULL);
     mpx__conn_init(&w->conn, &m->ep, m->opt.connect_timeout_ms, m->opt.command_timeout_ms,
                    "writer", &m->n.redis_errors);
     m->writer = w;
@@ -407,33 +492,25 @@ size_t mpx__writer_stop(mpx_t *m, uint32_t timeout_ms)
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
-    size_t left = (size_t)(w->seq_queued - w->seq_committed);
-    opq_free(&w->q);
+    mpx__cache_stats_t cs;
+    mpx__cache_stats(m->cache, &cs);
     pthread_cond_destroy(&w->cond);
     pthread_cond_destroy(&w->done);
     pthread_mutex_destroy(&w->mu);
     free(w);
     m->writer = NULL;
-    return left;
+    return (size_t)cs.pending;
 }
 
-int mpx__writer_push(mpx_t *m, int kind, const void *id, size_t len)
+void mpx__writer_kick(mpx_t *m)
 {
     mpx__writer_t *w = m->writer;
-    pthread_mutex_lock(&w->mu);
-    int rc = opq_push(&w->q, kind, id, len);
-    if (rc == 0) {
-        if (w->q.n == 1)
-            w->oldest_ms = mpx__now_ms();
-        w->seq_queued++;
-        if (w->active && (w->q.n == 1 || w->q.n >= m->opt.batch_max))
-            pthread_cond_signal(&w->cond);
+    atomic_thread_fence(memory_order_seq_cst); /* the queued change before the check */
+    if (atomic_load(&w->sleeping)) {
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->mu);
     }
-    pthread_mutex_unlock(&w->mu);
-    if (rc)
-        return mpx__fail(rc, "out of memory queueing a change");
-    atomic_fetch_add_explicit(&m->n.queued, 1, memory_order_relaxed);
-    return 0;
 }
 
 int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms)
@@ -441,15 +518,17 @@ int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms)
     mpx__writer_t *w = m->writer;
     uint64_t deadline = mpx__now_ms() + timeout_ms;
     pthread_mutex_lock(&w->mu);
-    uint64_t target = w->seq_queued;
+    uint64_t target = ++w->requested;
+    pthread_cond_signal(&w->cond);
     int rc = 0;
-    pthread_cond_signal(&w->cond); /* no need to wait out the batch delay */
-    while (w->seq_committed < target) {
+    while (w->completed < target) {
         uint64_t now = mpx__now_ms();
         if (now >= deadline) {
-            rc = mpx__fail(MPX_ETIMEDOUT, "flush: %llu changes not committed after %u ms%s",
-                           (unsigned long long)(target - w->seq_committed), timeout_ms,
-                           w->active ? "" : " (not registered)");
+            mpx__cache_stats_t cs;
+            mpx__cache_stats(m->cache, &cs);
+            rc = mpx__fail(MPX_ETIMEDOUT, "flush: not committed after %u ms (%llu sparks "
+                           "pending%s)", timeout_ms, (unsigned long long)cs.pending,
+                           w->active ? "" : ", not registered");
             break;
         }
         struct timespec ts;
@@ -467,25 +546,17 @@ void mpx__writer_activate(mpx_t *m, const char *addr)
     if (addr) {
         snprintf(w->addr, sizeof w->addr, "%s", addr);
         w->active = true;
-        w->oldest_ms = mpx__now_ms();
         pthread_cond_broadcast(&w->cond);
     } else {
         w->active = false;
+        w->resync = false;
         pthread_cond_broadcast(&w->cond);
         while (w->busy)
             pthread_cond_wait(&w->done, &w->mu);
+        /* Nothing to write any more: release flush waiters. */
+        w->completed = w->requested;
+        pthread_cond_broadcast(&w->done);
     }
-    pthread_mutex_unlock(&w->mu);
-}
-
-void mpx__writer_discard(mpx_t *m)
-{
-    mpx__writer_t *w = m->writer;
-    pthread_mutex_lock(&w->mu);
-    opq_clear(&w->q);
-    w->resync = false;
-    w->seq_committed = w->seq_queued;
-    pthread_cond_broadcast(&w->done);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -496,13 +567,4 @@ void mpx__writer_resync(mpx_t *m)
     w->resync = true;
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->mu);
-}
-
-uint64_t mpx__writer_pending(mpx_t *m)
-{
-    mpx__writer_t *w = m->writer;
-    pthread_mutex_lock(&w->mu);
-    uint64_t n = w->seq_queued - w->seq_committed;
-    pthread_mutex_unlock(&w->mu);
-    return n;
 }
