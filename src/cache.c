@@ -100,22 +100,33 @@ typedef struct dirty {
     size_t n, cap;
 } dirty_t;
 
+/* Counters of a shard are written only under its mutex (so a plain
+ * load + store, no locked instruction, on the hot path) and read by
+ * mpx_stats without it (relaxed atomics). hits and misses are bumped by
+ * lock-free readers the same way: two readers of one shard at the same
+ * instant may lose a count; they are statistics, not invariants. */
 typedef struct shard {
     pthread_mutex_t mu;
     ck_hs_t hs;
-    dirty_t dirty;         /* under mu */
-    size_t own;            /* own records with WANT, under mu */
-    size_t remote;         /* remote records, under mu */
+    dirty_t dirty;              /* under mu */
+    atomic_size_t own;          /* own records with WANT */
+    atomic_size_t pending;      /* records on the dirty list or taken */
+    atomic_size_t remote;       /* remote records */
+    atomic_size_t bytes;        /* record bytes */
     atomic_uint_fast64_t hits, misses;
 } __attribute__((aligned(64))) shard_t;
+
+#define BUMP(field, delta)                                                     \
+    atomic_store_explicit(&(field),                                            \
+                          atomic_load_explicit(&(field), memory_order_relaxed) + (delta), \
+                          memory_order_relaxed)
 
 struct mpx__cache {
     shard_t shards[MPX__SHARDS];
     pthread_mutex_t retire_mu;
     void **retired;        /* under retire_mu */
     size_t nretired, retired_cap;
-    atomic_size_t bytes;   /* records + hash arrays */
-    atomic_size_t own_total, pending_total, remote_total;
+    atomic_size_t bytes;   /* hash arrays (records are counted per shard) */
     size_t remote_max;
     /* Interned servers. */
     pthread_mutex_t srv_mu;
@@ -442,7 +453,7 @@ static int dirty_push(dirty_t *d, rec_t *r, uint64_t t_ns)
 
 /* Under the shard lock: WANT changed to `want`; queue if it now differs
  * from HAVE and is not queued yet. 1 if queued now, 0 if not, <0 error. */
-static int mark(mpx__cache_t *c, shard_t *s, rec_t *r, bool want, uint64_t t_ns)
+static int mark(shard_t *s, rec_t *r, bool want, uint64_t t_ns)
 {
     uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
     uint8_t nst = want ? (uint8_t)(st | ST_WANT) : (uint8_t)(st & ~ST_WANT);
@@ -452,7 +463,7 @@ static int mark(mpx__cache_t *c, shard_t *s, rec_t *r, bool want, uint64_t t_ns)
         if (dirty_push(&s->dirty, r, t_ns))
             return MPX_ENOMEM;
         nst |= ST_QUEUED;
-        atomic_fetch_add_explicit(&c->pending_total, 1, memory_order_relaxed);
+        BUMP(s->pending, 1);
         queued = 1;
     }
     atomic_store_explicit(&r->state, nst, memory_order_release);
@@ -471,10 +482,9 @@ int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_n
     rec_t *r = ck_hs_get(&s->hs, hh, probe);
     if (r && r->kind == REC_OWN) {
         if (!(atomic_load_explicit(&r->state, memory_order_relaxed) & ST_WANT)) {
-            rc = mark(c, s, r, true, t_ns);
+            rc = mark(s, r, true, t_ns);
             if (rc >= 0) {
-                s->own++;
-                atomic_fetch_add_explicit(&c->own_total, 1, memory_order_relaxed);
+                BUMP(s->own, 1);
                 rc = 1;
             }
         }
@@ -502,9 +512,8 @@ int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_n
         void *prev = NULL;
         ok = ck_hs_set(&s->hs, hh, n, &prev);
         if (ok && prev) {
-            s->remote--;
-            atomic_fetch_sub_explicit(&c->remote_total, 1, memory_order_relaxed);
-            atomic_fetch_sub_explicit(&c->bytes, rec_size(prev), memory_order_relaxed);
+            BUMP(s->remote, -1);
+            BUMP(s->bytes, -rec_size(prev));
             retire(c, prev);
         }
     } else {
@@ -516,10 +525,9 @@ int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_n
         unlock_shard(s);
         return MPX_ENOMEM;
     }
-    s->own++;
-    atomic_fetch_add_explicit(&c->own_total, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->pending_total, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->bytes, sizeof *n + len, memory_order_relaxed);
+    BUMP(s->own, 1);
+    BUMP(s->pending, 1);
+    BUMP(s->bytes, sizeof *n + len);
     unlock_shard(s);
     return 1;
 }
@@ -535,10 +543,9 @@ int mpx__cache_disconnect(mpx__cache_t *c, const void *id, size_t len, uint64_t 
     rec_t *r = ck_hs_get(&s->hs, (unsigned long)h ^ s->hs.seed, probe);
     if (r && r->kind == REC_OWN &&
         (atomic_load_explicit(&r->state, memory_order_relaxed) & ST_WANT)) {
-        rc = mark(c, s, r, false, t_ns);
+        rc = mark(s, r, false, t_ns);
         if (rc >= 0) {
-            s->own--;
-            atomic_fetch_sub_explicit(&c->own_total, 1, memory_order_relaxed);
+            BUMP(s->own, -1);
             rc = 1;
         }
     }
@@ -548,8 +555,7 @@ int mpx__cache_disconnect(mpx__cache_t *c, const void *id, size_t len, uint64_t 
 
 /* ---- lookups (lock-free) ------------------------------------------------------------ */
 
-int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, uint64_t now_ms,
-                      const mpx__srv_t **srv)
+int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, const mpx__srv_t **srv)
 {
     ck_epoch_record_t *er = epoch_record();
     if (!er)
@@ -567,7 +573,7 @@ int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, uint64_t now_
                 found = 1;
         } else {
             const rrec_t *rr = (const rrec_t *)r;
-            if (rr->expires_ms > now_ms &&
+            if (rr->expires_ms > mpx__now_ms() &&
                 !atomic_load_explicit(&rr->srv->dead, memory_order_acquire)) {
                 *srv = rr->srv;
                 found = 2;
@@ -576,14 +582,17 @@ int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, uint64_t now_
     }
     TSAN_RELEASE(&c->retired); /* this reader is done with what it saw */
     ck_epoch_end(er, NULL);
-    atomic_fetch_add_explicit(found ? &s->hits : &s->misses, 1, memory_order_relaxed);
+    if (found)
+        BUMP(s->hits, 1);
+    else
+        BUMP(s->misses, 1);
     return found;
 }
 
 void mpx__cache_learn(mpx__cache_t *c, const void *id, size_t len, const mpx__srv_t *srv,
                       uint64_t expires_ms)
 {
-    if (!srv || atomic_load_explicit(&c->remote_total, memory_order_relaxed) >= c->remote_max)
+    if (!srv)
         return;
     probe_t p;
     rec_t *probe = make_probe(&p, id, len);
@@ -592,8 +601,10 @@ void mpx__cache_learn(mpx__cache_t *c, const void *id, size_t len, const mpx__sr
     unsigned long hh = (unsigned long)h ^ s->hs.seed;
     lock_shard(c, s);
     rec_t *r = ck_hs_get(&s->hs, hh, probe);
-    if (r && r->kind == REC_OWN) {
-        unlock_shard(s); /* this server's own records are authoritative */
+    if ((r && r->kind == REC_OWN) || /* this server's own records are authoritative */
+        (!r && atomic_load_explicit(&s->remote, memory_order_relaxed) >=
+                   c->remote_max / MPX__SHARDS + 1)) {
+        unlock_shard(s);
         return;
     }
     rrec_t *n = malloc(sizeof *n + len);
@@ -613,13 +624,12 @@ void mpx__cache_learn(mpx__cache_t *c, const void *id, size_t len, const mpx__sr
     if (!ck_hs_set(&s->hs, hh, n, &prev)) {
         free(n);
     } else {
-        atomic_fetch_add_explicit(&c->bytes, sizeof *n + len, memory_order_relaxed);
+        BUMP(s->bytes, sizeof *n + len);
         if (prev) {
-            atomic_fetch_sub_explicit(&c->bytes, rec_size(prev), memory_order_relaxed);
+            BUMP(s->bytes, -rec_size(prev));
             retire(c, prev);
         } else {
-            s->remote++;
-            atomic_fetch_add_explicit(&c->remote_total, 1, memory_order_relaxed);
+            BUMP(s->remote, 1);
         }
     }
     unlock_shard(s);
@@ -630,12 +640,14 @@ void mpx__cache_learn(mpx__cache_t *c, const void *id, size_t len, const mpx__sr
 size_t mpx__cache_sweep_remote(mpx__cache_t *c, uint64_t now_ms)
 {
     size_t removed = 0;
-    if (atomic_load_explicit(&c->remote_total, memory_order_relaxed) == 0)
+    mpx__cache_stats_t st;
+    mpx__cache_stats(c, &st);
+    if (st.remote == 0)
         return 0;
     for (int i = 0; i < MPX__SHARDS; i++) {
         shard_t *s = &c->shards[i];
         lock_shard(c, s);
-        if (s->remote) {
+        if (atomic_load_explicit(&s->remote, memory_order_relaxed)) {
             ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
             void *obj;
             rec_t *victims[64];
@@ -649,9 +661,8 @@ size_t mpx__cache_sweep_remote(mpx__cache_t *c, uint64_t now_ms)
             for (size_t k = 0; k < nv; k++) {
                 rec_t *v = victims[k];
                 if (ck_hs_remove(&s->hs, hs_hash(v, s->hs.seed), v)) {
-                    s->remote--;
-                    atomic_fetch_sub_explicit(&c->remote_total, 1, memory_order_relaxed);
-                    atomic_fetch_sub_explicit(&c->bytes, rec_size(v), memory_order_relaxed);
+                    BUMP(s->remote, -1);
+                    BUMP(s->bytes, -rec_size(v));
                     retire(c, v);
                     removed++;
                 }
@@ -712,7 +723,7 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
             rec_t *r = d->rec;
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
             st &= (uint8_t)~ST_QUEUED;
-            atomic_fetch_sub_explicit(&c->pending_total, 1, memory_order_relaxed);
+            BUMP(s->pending, -1);
             bool want = st & ST_WANT, have = st & ST_HAVE;
             if (want == have) {
                 atomic_store_explicit(&r->state, st, memory_order_release);
@@ -720,7 +731,7 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
                 if (!want) {
                     /* A tombstone nobody needs any more. */
                     ck_hs_remove(&s->hs, hs_hash(r, s->hs.seed), r);
-                    atomic_fetch_sub_explicit(&c->bytes, rec_size(r), memory_order_relaxed);
+                    BUMP(s->bytes, -rec_size(r));
                     retire(c, r);
                 }
                 continue;
@@ -755,7 +766,7 @@ void mpx__cache_committed(mpx__cache_t *c, const mpx__op_t *ops, size_t n)
         st &= (uint8_t)~ST_INFLIGHT;
         if (!(st & (ST_WANT | ST_HAVE | ST_QUEUED))) {
             ck_hs_remove(&s->hs, (unsigned long)h ^ s->hs.seed, r);
-            atomic_fetch_sub_explicit(&c->bytes, rec_size(r), memory_order_relaxed);
+            BUMP(s->bytes, -rec_size(r));
             retire(c, r);
         } else {
             atomic_store_explicit(&r->state, st, memory_order_release);
@@ -786,7 +797,7 @@ void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns)
             st &= (uint8_t)~ST_INFLIGHT;
             st = (st & ST_WANT) ? (uint8_t)(st & ~ST_HAVE) : (uint8_t)(st | ST_HAVE);
             atomic_store_explicit(&r->state, st, memory_order_relaxed);
-            mark(c, s, r, (st & ST_WANT) != 0, t_ns); /* queues it */
+            mark(s, r, (st & ST_WANT) != 0, t_ns); /* queues it */
         }
         unlock_shard(s);
     }
@@ -808,14 +819,13 @@ void mpx__cache_drop_own(mpx__cache_t *c)
         for (size_t k = 0; k < nv; k++) {
             rec_t *r = v[k];
             ck_hs_remove(&s->hs, hs_hash(r, s->hs.seed), r);
-            atomic_fetch_sub_explicit(&c->bytes, rec_size(r), memory_order_relaxed);
+            BUMP(s->bytes, -rec_size(r));
             retire(c, r);
         }
         free(v);
-        atomic_fetch_sub_explicit(&c->pending_total, s->dirty.n, memory_order_relaxed);
         s->dirty.n = 0;
-        atomic_fetch_sub_explicit(&c->own_total, s->own, memory_order_relaxed);
-        s->own = 0;
+        atomic_store_explicit(&s->pending, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->own, 0, memory_order_relaxed);
         c->taken[i].n = 0;
         unlock_shard(s);
     }
@@ -838,12 +848,14 @@ bool mpx__cache_has_own(mpx__cache_t *c, const void *id, size_t len)
 void mpx__cache_stats(mpx__cache_t *c, mpx__cache_stats_t *st)
 {
     memset(st, 0, sizeof *st);
-    st->own = atomic_load_explicit(&c->own_total, memory_order_relaxed);
-    st->pending = atomic_load_explicit(&c->pending_total, memory_order_relaxed);
-    st->remote = atomic_load_explicit(&c->remote_total, memory_order_relaxed);
     st->bytes = atomic_load_explicit(&c->bytes, memory_order_relaxed);
     for (int i = 0; i < MPX__SHARDS; i++) {
-        st->hits += atomic_load_explicit(&c->shards[i].hits, memory_order_relaxed);
-        st->misses += atomic_load_explicit(&c->shards[i].misses, memory_order_relaxed);
+        const shard_t *s = &c->shards[i];
+        st->own += atomic_load_explicit(&s->own, memory_order_relaxed);
+        st->pending += atomic_load_explicit(&s->pending, memory_order_relaxed);
+        st->remote += atomic_load_explicit(&s->remote, memory_order_relaxed);
+        st->bytes += atomic_load_explicit(&s->bytes, memory_order_relaxed);
+        st->hits += atomic_load_explicit(&s->hits, memory_order_relaxed);
+        st->misses += atomic_load_explicit(&s->misses, memory_order_relaxed);
     }
 }

@@ -231,8 +231,7 @@ void mpx__cache_destroy(mpx__cache_t *c);
 int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_ns);
 int mpx__cache_disconnect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_ns);
 /* Lock-free lookup: 1 own spark, 2 remote spark (fresh; *srv set), 0 miss. */
-int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, uint64_t now_ms,
-                      const mpx__srv_t **srv);
+int mpx__cache_lookup(mpx__cache_t *c, const void *id, size_t len, const mpx__srv_t **srv);
 const mpx__srv_t *mpx__cache_intern(mpx__cache_t *c, const char *addr, size_t len);
 void mpx__cache_server_gone(mpx__cache_t *c, const char *addr);
 /* The servers set as just read: every interned server not in it is gone. */

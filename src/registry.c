@@ -244,7 +244,7 @@ int mpx_address(mpx_t *mpx, char *buf, size_t *len)
  * with remote_ttl_ms, fresh entries learned from earlier lookups. Sets *srv. */
 bool mpx__local_hit(mpx_t *m, const void *id, size_t len, const mpx__srv_t **srv)
 {
-    int k = mpx__cache_lookup(m->cache, id, len, mpx__now_ms(), srv);
+    int k = mpx__cache_lookup(m->cache, id, len, srv);
     if (k == 1) {
         *srv = atomic_load_explicit(&m->self_srv, memory_order_acquire);
         return *srv != NULL;
