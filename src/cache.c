@@ -777,6 +777,18 @@ void mpx__cache_committed(mpx__cache_t *c, const mpx__op_t *ops, size_t n)
 
 void mpx__cache_reclaim(mpx__cache_t *c)
 {
+    /* Removals leave tombstones in ck_hs, which lengthen probes: rebuild a
+     * shard's array when they outnumber its entries (a grow-like copy, safe
+     * for concurrent readers; the old array is retired). */
+    for (int i = 0; i < MPX__SHARDS; i++) {
+        shard_t *s = &c->shards[i];
+        struct ck_hs_stat st;
+        lock_shard(c, s);
+        ck_hs_stat(&s->hs, &st);
+        if (st.tombstones > 64 && st.tombstones > st.n_entries)
+            ck_hs_rebuild(&s->hs);
+        unlock_shard(s);
+    }
     free_retired(c, true);
 }
 

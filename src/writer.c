@@ -392,13 +392,20 @@ static void *writer_main(void *arg)
         bool work = cs.pending > 0 || flush_wanted || w->resync;
         if (w->stop && (!w->active || !work))
             break;
-        if (!w->active || !work) {
-            if (!w->active && flush_wanted) {
-                /* Nothing can be written: flush waits time out by themselves. */
-            }
+        if (!w->active) {
+            /* Nothing can be written until registration (activate signals
+             * us); flush waiters time out by themselves. Producers do not
+             * wake us: `sleeping` stays false. */
+            struct timespec ts;
+            deadline_ts(&ts, 1000);
+            pthread_cond_timedwait(&w->cond, &w->mu, &ts);
+            first_seen_ms = 0;
+            continue;
+        }
+        if (!work) {
             /* Sleep; a producer seeing `sleeping` signals us. The re-check
              * after setting it closes the race with a producer that queued
-             * just before (seq_cst on both sides). */
+             * just before (seq_cst fences on both sides). */
             atomic_store(&w->sleeping, true);
             atomic_thread_fence(memory_order_seq_cst); /* store before the re-check */
             mpx__cache_stats(m->cache, &cs);
