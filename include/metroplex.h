@@ -32,6 +32,12 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility; everything declared here is
+ * its exported interface. */
+#if defined(MPX_BUILDING) && defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define MPX_VERSION_MAJOR 0
 #define MPX_VERSION_MINOR 1
 #define MPX_VERSION_PATCH 0
@@ -378,6 +384,221 @@ int mpx_stats(mpx_t *mpx, mpx_stats_t *out);
 typedef void (*mpx_lookup_cb)(mpx_t *mpx, int err, mpx_list_t *result, void *data);
 int mpx_sparks_async(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
                      mpx_lookup_cb cb, void *data);
+
+/* ---- cross-server messages (omega-supreme) ---- */
+/*
+ * Forward a message to sparks held by any server of the cluster, and receive
+ * the messages other servers forward to this one, in the HTTP format of the
+ * Node.js plugin omega-supreme (npm 3.0.1) as used by metroplex's
+ * forward.spark / forward.sparks / forward.broadcast, so C and Node servers
+ * can message each other's sparks. docs/omega.md has the details.
+ *
+ * Wire format (the original's): one HTTP request per server, method PUT to
+ * "/primus/omega/supreme" with basic auth "omega":"supreme" (all
+ * configurable), JSON body {"msg": MESSAGE, "sparks": TARGET}, where TARGET
+ * is one id (a string), a list of ids (an array), or "" for every spark of
+ * the server. The reply is {"ok": true, "send": N} (N sparks written) or
+ * {"ok": false, "reason": "..."} with status 401 (bad credentials) or 500
+ * (bad body).
+ *
+ * Messages are JSON text, passed and delivered as text (pointer + length):
+ * the library validates them but never re-serialises them, so numbers of any
+ * size and any Unicode reach the delivery callback as they were sent.
+ */
+
+typedef struct mpx_omega mpx_omega_t;
+
+/* Write `msg` (JSON text, NUL-terminated, msg_len bytes) to spark `id` (NUL-
+ * terminated, id_len bytes) if it is connected to this server. Return 1 if it
+ * was written, 0 if the spark is not here. Runs on the thread that called
+ * mpx_omega_handle(), a listener thread, the sending thread (mpx-omega), or
+ * the caller of a blocking mpx_forward_*(); must be thread-safe, must not
+ * block for long and must not call mpx_forward_*() (blocking forms) or
+ * mpx_omega_destroy(). Pointers are valid during the call only. */
+typedef int (*mpx_omega_deliver_cb)(mpx_omega_t *om, const char *id, size_t id_len,
+                                    const char *msg, size_t msg_len, void *data);
+/* Write `msg` to every spark connected to this server; return how many.
+ * Same threads and rules as mpx_omega_deliver_cb. */
+typedef size_t (*mpx_omega_deliver_all_cb)(mpx_omega_t *om, const char *msg, size_t msg_len,
+                                           void *data);
+
+/* Options. Initialise with mpx_omega_options_init() or MPX_OMEGA_OPTIONS_INIT;
+ * strings are copied by mpx_omega_create(). Servers that message each other
+ * must agree on method, path, username and password. */
+typedef struct mpx_omega_options {
+    size_t struct_size;          /* sizeof(mpx_omega_options_t) */
+    const char *method;          /* NULL: "PUT"; upper-cased; 1..16 letters */
+    const char *path;            /* NULL: "/primus/omega/supreme"; starts with '/' */
+    const char *username;        /* NULL: "omega"; no ':' */
+    const char *password;        /* NULL: "supreme" */
+    uint32_t concurrency;        /* requests in flight at most; default 20; 1..10000 */
+    uint32_t connect_timeout_ms; /* default 2000; 1..600000 */
+    uint32_t request_timeout_ms; /* whole request; default 10000; 1..600000 */
+    size_t body_max;             /* largest request body received (413 above);
+                                    default 1 MiB; 64..1 GiB */
+    mpx_omega_deliver_cb deliver;         /* NULL: no spark is ever here */
+    mpx_omega_deliver_all_cb deliver_all; /* NULL: broadcasts reach nobody here */
+    void *deliver_data;
+} mpx_omega_options_t;
+
+#define MPX_OMEGA_OPTIONS_INIT                                                 \
+    {                                                                          \
+        sizeof(mpx_omega_options_t), NULL, NULL, NULL, NULL, 20, 2000, 10000,  \
+            1048576, NULL, NULL, NULL                                          \
+    }
+
+/* Fill `opts` with the defaults. Thread-safety: any thread. */
+void mpx_omega_options_init(mpx_omega_options_t *opts);
+
+/*
+ * Create a messenger on registry `mpx` (NULL: receive only; sending then
+ * fails with MPX_ESTATE). Starts the sending thread (mpx-omega, libcurl multi
+ * interface, connections kept open and reused). Returns 0 and sets *out, or
+ * MPX_EINVAL (mpx_last_error() names the option), MPX_ENOMEM, MPX_ETHREAD.
+ * Ownership: free with mpx_omega_destroy(), before mpx_destroy(mpx).
+ * Thread-safety: any thread.
+ */
+int mpx_omega_create(mpx_t *mpx, const mpx_omega_options_t *opts, mpx_omega_t **out);
+
+/*
+ * Stop the listener (if any), fail the sends still in flight (their
+ * callbacks run with the servers reported as MPX_ECLOSED), stop the sending
+ * thread, free everything. NULL is accepted.
+ * Thread-safety: once, after every other call on `om` has returned, not
+ * from a callback.
+ */
+void mpx_omega_destroy(mpx_omega_t *om);
+
+/* ---- sending ---- */
+
+/* What went wrong with one server. */
+typedef struct mpx_forward_failure {
+    char *server;  /* its address */
+    int err;       /* MPX_ECONN (cannot connect), MPX_ETIMEDOUT, MPX_EPROTO (non-200
+                      status or a reply without "ok": true), MPX_ECLOSED, MPX_ENOMEM */
+    int status;    /* HTTP status, 0 if no reply */
+    char *reason;  /* the reply's "reason", or a description */
+    size_t sparks; /* how many of the ids were for it (0 for a broadcast) */
+} mpx_forward_failure_t;
+
+typedef struct mpx_forward_result {
+    uint64_t sent;     /* sparks reached: local ones + the "send" of each reply */
+    uint64_t local;    /* of which on this server */
+    size_t servers;    /* other servers contacted */
+    size_t unknown;    /* ids not in the registry (spark and sparks) */
+    size_t nfailed;    /* servers that failed; the others still count */
+    mpx_forward_failure_t *failed;
+} mpx_forward_result_t;
+
+/* Free a result; NULL is accepted. Thread-safety: any thread. */
+void mpx_forward_result_free(mpx_forward_result_t *result);
+
+/*
+ * Send `msg` (JSON text of msg_len bytes; 0: strlen) to spark `id`, to the
+ * sparks `ids` (lens NULL: NUL-terminated ids), or to every spark of the
+ * cluster. Ids are resolved like mpx_sparks() (memory first, one HMGET for
+ * the rest); broadcast asks for the servers like mpx_servers(). Sparks of
+ * this server get the message through the deliver callbacks, on the calling
+ * thread; the others through one HTTP request per server (spark: "sparks" is
+ * the id; sparks: an array; broadcast: ""), at most `concurrency` at once.
+ * Blocks until every server answered or failed (at most about
+ * connect + request timeout after the lookup).
+ * Returns 0 and sets *out (free with mpx_forward_result_free()) once the
+ * message went wherever it could: per-server failures are in the result, one
+ * failing server does not stop the others. Otherwise (no result):
+ * MPX_EINVAL (bad argument; msg not valid JSON), MPX_ETOOBIG (id), MPX_ESTATE
+ * (no registry), MPX_ECONN / MPX_ETIMEDOUT / MPX_EREDIS (the lookup failed),
+ * MPX_ENOMEM, MPX_ECLOSED.
+ * Thread-safety: any thread, concurrently; not from a deliver callback.
+ */
+int mpx_forward_spark(mpx_omega_t *om, const void *id, size_t len, const char *msg,
+                      size_t msg_len, mpx_forward_result_t **out);
+int mpx_forward_sparks(mpx_omega_t *om, const void *const *ids, const size_t *lens, size_t n,
+                       const char *msg, size_t msg_len, mpx_forward_result_t **out);
+int mpx_forward_broadcast(mpx_omega_t *om, const char *msg, size_t msg_len,
+                          mpx_forward_result_t **out);
+
+/*
+ * Non-blocking forms: check the arguments, copy them, return at once. `cb`
+ * gets the result (the callee owns it and frees it with
+ * mpx_forward_result_free()) or an error (result NULL) on a library thread
+ * (mpx-omega, or mpx-lookup when the lookup failed); local deliveries happen
+ * on mpx-omega. Returns 0 (cb will be called exactly once) or an error as
+ * the blocking forms (cb is not called).
+ * Thread-safety: any thread, concurrently; cb must not block for long and
+ * must not call mpx_omega_destroy().
+ */
+typedef void (*mpx_forward_cb)(mpx_omega_t *om, int err, mpx_forward_result_t *result,
+                               void *data);
+int mpx_forward_spark_async(mpx_omega_t *om, const void *id, size_t len, const char *msg,
+                            size_t msg_len, mpx_forward_cb cb, void *data);
+int mpx_forward_sparks_async(mpx_omega_t *om, const void *const *ids, const size_t *lens,
+                             size_t n, const char *msg, size_t msg_len, mpx_forward_cb cb,
+                             void *data);
+int mpx_forward_broadcast_async(mpx_omega_t *om, const char *msg, size_t msg_len,
+                                mpx_forward_cb cb, void *data);
+
+/* ---- receiving ---- */
+
+/* The answer to give: status 0 means "not an omega request" (the original
+ * passes it to the next middleware); otherwise send `status` with
+ * Content-Type: application/json and body[0..len). */
+typedef struct mpx_omega_reply {
+    int status;
+    size_t len;
+    char body[160];
+} mpx_omega_reply_t;
+
+/*
+ * Framework-agnostic request handler: the gateway calls it with the request
+ * method, path (request target as received, query included), Authorization
+ * header (NULL if absent) and the whole body. As the original: a request
+ * for another path or method, or without Authorization, is not ours (0);
+ * wrong credentials: 401 (constant-time comparison); a body that is not a
+ * JSON object with a "msg" member: 500 {"ok": false, "reason": "invalid data
+ * structure"}; otherwise the message is delivered (to the "sparks" id, to
+ * each id of a "sparks" array, or to all local sparks when "sparks" is
+ * absent, "" or any other value) and the reply is 200 {"ok": true,
+ * "send": N}. Unlike the original, any JSON value is a message, including
+ * false, 0, "" and null (the original answers 500 for those), and a body
+ * larger than body_max gets 413.
+ * Returns reply->status. Thread-safety: any thread, concurrently.
+ */
+int mpx_omega_handle(mpx_omega_t *om, const char *method, const char *path,
+                     const char *authorization, const void *body, size_t body_len,
+                     mpx_omega_reply_t *reply);
+
+/*
+ * The same checks before reading the body: content_length is the announced
+ * length (-1 if unknown). Returns 0 when the body should be read and given
+ * to mpx_omega_handle(); else the status to answer at once (reply filled;
+ * 401, 413) - or 0 with reply->status 0 for a request that is not ours.
+ * Thread-safety: any thread.
+ */
+int mpx_omega_check(mpx_omega_t *om, const char *method, const char *path,
+                    const char *authorization, long long content_length,
+                    mpx_omega_reply_t *reply);
+
+/*
+ * Built-in HTTP listener (libmicrohttpd, its own threads) that serves
+ * mpx_omega_handle() on `host` (a numeric IPv4 or IPv6 address, NULL:
+ * "0.0.0.0") and `port` (0: any free port, see mpx_omega_listen_port()).
+ * Requests that are not ours get 404, or 401 when only the Authorization
+ * header is missing. Deliver callbacks run on the listener threads.
+ * Returns 0, MPX_EINVAL (bad host), MPX_ESTATE (already listening),
+ * MPX_EADDRINUSE (cannot bind), MPX_ENOMEM.
+ * Thread-safety: any thread; one listener per messenger.
+ */
+int mpx_omega_listen(mpx_omega_t *om, const char *host, uint16_t port);
+/* The port the listener is bound to, or 0 when not listening.
+ * Thread-safety: any thread. */
+uint16_t mpx_omega_listen_port(mpx_omega_t *om);
+
+/* ---- end of cross-server messages (omega-supreme) ---- */
+
+#if defined(MPX_BUILDING) && defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

@@ -110,7 +110,7 @@ typedef struct shard {
     ck_hs_t hs;
     dirty_t dirty;              /* under mu */
     atomic_size_t own;          /* own records with WANT */
-    atomic_size_t pending;      /* records on the dirty list or taken */
+    atomic_size_t pending;      /* dirty-list entries + records in flight */
     atomic_size_t remote;       /* remote records */
     atomic_size_t bytes;        /* record bytes */
     atomic_uint_fast64_t hits, misses;
@@ -421,18 +421,20 @@ void mpx__cache_servers_seen(mpx__cache_t *c, const char *const *addrs, const si
 
 /* ---- gateway side: connect / disconnect ----------------------------------------- */
 
-typedef struct probe {
+/* A record on the stack to look an id up with (ids are <= MPX_ID_MAX). */
+typedef union probe {
     rec_t r;
-    char id[MPX_ID_MAX];
+    char raw[sizeof(rec_t) + MPX_ID_MAX];
 } probe_t;
 
 static rec_t *make_probe(probe_t *p, const void *id, size_t len)
 {
-    p->r.len = (uint16_t)len;
-    p->r.kind = REC_OWN;
-    atomic_init(&p->r.state, 0);
-    memcpy(p->r.id, id, len);
-    return &p->r;
+    rec_t *r = &p->r;
+    r->len = (uint16_t)len;
+    r->kind = REC_OWN;
+    atomic_init(&r->state, 0);
+    memcpy(r->id, id, len);
+    return r;
 }
 
 static int dirty_push(dirty_t *d, rec_t *r, uint64_t t_ns)
@@ -723,9 +725,9 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
             rec_t *r = d->rec;
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
             st &= (uint8_t)~ST_QUEUED;
-            BUMP(s->pending, -1);
             bool want = st & ST_WANT, have = st & ST_HAVE;
             if (want == have) {
+                BUMP(s->pending, -1); /* nothing to write: settled */
                 atomic_store_explicit(&r->state, st, memory_order_release);
                 (*coalesced)++;
                 if (!want) {
@@ -764,6 +766,7 @@ void mpx__cache_committed(mpx__cache_t *c, const mpx__op_t *ops, size_t n)
         uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
         st = ops[i].want ? (uint8_t)(st | ST_HAVE) : (uint8_t)(st & ~ST_HAVE);
         st &= (uint8_t)~ST_INFLIGHT;
+        BUMP(s->pending, -1); /* committed: it was pending since it was queued */
         if (!(st & (ST_WANT | ST_HAVE | ST_QUEUED))) {
             ck_hs_remove(&s->hs, (unsigned long)h ^ s->hs.seed, r);
             BUMP(s->bytes, -rec_size(r));
@@ -806,6 +809,8 @@ void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns)
             /* Redis may hold anything: connected sparks are written again,
              * tombstones deleted again (conditionally, so harmlessly). */
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
+            if (st & ST_INFLIGHT)
+                BUMP(s->pending, -1); /* a transaction that was abandoned */
             st &= (uint8_t)~ST_INFLIGHT;
             st = (st & ST_WANT) ? (uint8_t)(st & ~ST_HAVE) : (uint8_t)(st | ST_HAVE);
             atomic_store_explicit(&r->state, st, memory_order_relaxed);

@@ -16,12 +16,71 @@
  * forced.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "internal.h"
+
+/* ---- SIGPIPE --------------------------------------------------------------
+ * A write to a socket whose peer is gone raises SIGPIPE, which kills the
+ * process by default. hiredis writes with write(2). The library's own
+ * threads block SIGPIPE for good (mpx__thread_init); on a caller's thread
+ * the signal is blocked around the I/O, and one raised by our write is
+ * consumed before the caller's mask is restored, so the application's
+ * signal handling is left as it was. */
+typedef struct sigpipe_guard {
+    sigset_t old;
+    bool active, pending_before;
+} sigpipe_guard_t;
+
+static void sigpipe_block(sigpipe_guard_t *g)
+{
+    sigset_t pipe, pend;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    g->active = false;
+    if (pthread_sigmask(SIG_BLOCK, &pipe, &g->old) != 0)
+        return;
+    if (sigismember(&g->old, SIGPIPE))
+        return; /* already blocked (a library thread): nothing to undo */
+    g->active = true;
+    sigpending(&pend);
+    g->pending_before = sigismember(&pend, SIGPIPE);
+}
+
+static void sigpipe_restore(sigpipe_guard_t *g)
+{
+    if (!g->active)
+        return;
+    if (!g->pending_before) {
+        sigset_t pipe, pend;
+        sigemptyset(&pipe);
+        sigaddset(&pipe, SIGPIPE);
+        sigpending(&pend);
+        if (sigismember(&pend, SIGPIPE)) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&pipe, NULL, &zero) == -1 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+void mpx__thread_init(const char *name)
+{
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), name);
+#else
+    (void)name;
+#endif
+}
 
 uint64_t mpx__now_ms(void)
 {
@@ -160,7 +219,20 @@ static int read_run_id(mpx__conn_t *c)
     return 0;
 }
 
+static int conn_ensure(mpx__conn_t *c, bool force);
+
 int mpx__conn_ensure(mpx__conn_t *c, bool force)
+{
+    if (c->ctx && !c->ctx->err)
+        return 0;
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    int rc = conn_ensure(c, force);
+    sigpipe_restore(&g);
+    return rc;
+}
+
+static int conn_ensure(mpx__conn_t *c, bool force)
 {
     if (c->ctx && !c->ctx->err)
         return 0;
@@ -247,11 +319,22 @@ int mpx__conn_read(mpx__conn_t *c, redisReply **out)
     return 0;
 }
 
+static int conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out);
+
 int mpx__conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
+{
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    int rc = conn_command(c, a, out);
+    sigpipe_restore(&g);
+    return rc;
+}
+
+static int conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
 {
     *out = NULL;
     for (int attempt = 0; attempt < 2; attempt++) {
-        int rc = mpx__conn_ensure(c, false);
+        int rc = conn_ensure(c, false);
         if (rc)
             return rc;
         redisReply *r;

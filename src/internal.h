@@ -190,6 +190,8 @@ int mpx__conn_read(mpx__conn_t *c, redisReply **out);
 /* Map a failed hiredis context to an error code and message. */
 int mpx__conn_io_error(mpx__conn_t *c, const char *what);
 
+/* Name the calling library thread and block SIGPIPE in it. */
+void mpx__thread_init(const char *name);
 uint64_t mpx__now_ms(void);      /* monotonic */
 uint64_t mpx__epoch_ms(void);    /* wall clock, for alive-key values */
 

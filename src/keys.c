@@ -237,10 +237,28 @@ int mpx__key_aside(const mpx__keys_t *k, const char *addr, const char *token, mp
 
 /* ---- scripts ---------------------------------------------------------------- */
 
+/* Every script that moves a set aside first checks the types of the keys
+ * it will write, so that it fails before its first write: Redis does not
+ * undo a script's writes when a later command in it fails. The spark set
+ * itself may be of any type: RENAME moves whatever is there aside (and the
+ * drain discards an aside key that is not a set), so that the server's own
+ * writes to a fresh set work. */
+#define TYPE_CHECK                                                             \
+    "local function check(k, t)\n"                                              \
+    "  local x = redis.call('TYPE', k)['ok']\n"                                 \
+    "  if x ~= 'none' and x ~= t then\n"                                        \
+    "    return redis.error_reply('WRONGTYPE ' .. k .. ' is a ' .. x .. ', not a ' .. t)\n" \
+    "  end\n"                                                                   \
+    "end\n"                                                                     \
+    "local bad = check(KEYS[1], 'set')\n"                                       \
+    "if not bad and redis.call('EXISTS', KEYS[3]) == 1 then bad = check(KEYS[5], 'hash') end\n" \
+    "if bad then return bad end\n"
+
 /* register: KEYS servers alive set lease drains aside;
  * ARGV address interval now instance lease_ms.
  * -> {1, moved} or {-1, pttl_of_lease, holder} */
 static const char script_register[] =
+    TYPE_CHECK
     "local holder = redis.call('GET', KEYS[4])\n"
     "if holder and holder ~= ARGV[4] then\n"
     "  return {-1, redis.call('PTTL', KEYS[4]), holder}\n"
@@ -276,6 +294,7 @@ static const char script_heartbeat[] =
  *    {0, 0}  alive: not reaped (never a server whose alive key exists)
  *    {was_registered, moved} */
 static const char script_retire[] =
+    TYPE_CHECK
     "local holder = redis.call('GET', KEYS[4])\n"
     "if ARGV[3] == '1' then\n"
     "  if holder and holder ~= ARGV[2] then return {-1, 0} end\n"
@@ -299,6 +318,12 @@ static const char script_retire[] =
  * unpack() is bounded by Lua's C stack (about 8000): reap_chunk <= 5000.
  * -> {popped, removed, left} */
 static const char script_drain[] =
+    "local t = redis.call('TYPE', KEYS[1])['ok']\n"
+    "if t ~= 'set' and t ~= 'none' then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  redis.call('HDEL', KEYS[4], KEYS[1])\n"
+    "  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' was a ' .. t .. ', not a set of spark ids: discarded')\n"
+    "end\n"
     "local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))\n"
     "local removed = 0\n"
     "if #ids > 0 then\n"

@@ -226,6 +226,7 @@ int mpx__drain_all(mpx_t *m, mpx__conn_t *c, uint64_t budget_ms, bool *more)
         freeReplyObject(r);
         return mpx__fail(MPX_EPROTO, "%s is not a hash", m->keys.drains);
     }
+    int first_err = 0;
     for (size_t i = 0; rc == 0 && i + 1 < r->elements; i += 2) {
         redisReply *k = r->element[i], *v = r->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
@@ -234,10 +235,22 @@ int mpx__drain_all(mpx_t *m, mpx__conn_t *c, uint64_t budget_ms, bool *more)
         if (v->len > MPX_ADDRESS_MAX)
             continue;
         memcpy(addr, v->str, v->len + 1);
-        rc = drain_one(m, c, k->str, k->len, addr, deadline, more);
+        int one = drain_one(m, c, k->str, k->len, addr, deadline, more);
+        if (one == MPX_EREDIS || one == MPX_EPROTO) {
+            /* A broken entry (e.g. the aside key of a wrong type) must not
+             * block the others: report it and go on. */
+            mpx__report(m, one, "reaping: drain of %.*s: %s", (int)k->len, k->str,
+                        mpx_last_error());
+            if (first_err == 0)
+                first_err = one;
+        } else if (one) {
+            rc = one; /* connection trouble: stop here, retry later */
+        }
         if (*more)
             break;
     }
+    if (rc == 0 && first_err)
+        rc = mpx__fail(first_err, "reaping: some cleanups failed (reported through on_error)");
     freeReplyObject(r);
     return rc;
 }
@@ -470,9 +483,7 @@ static void tick(mpx_t *m, hb_state_t *hs)
 static void *heartbeat_main(void *arg)
 {
     mpx_t *m = arg;
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "mpx-heartbeat");
-#endif
+    mpx__thread_init("mpx-heartbeat");
     hb_state_t hs = {0};
     uint32_t period = tick_ms(m);
     uint32_t reap_every = m->opt.interval_ms - m->opt.latency_ms;

@@ -152,9 +152,7 @@ static void *lookup_main(void *arg)
 {
     mpx_t *m = arg;
     mpx__lookup_t *lk = m->lookup;
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "mpx-lookup");
-#endif
+    mpx__thread_init("mpx-lookup");
     pthread_mutex_lock(&lk->mu);
     for (;;) {
         while (!lk->head && !lk->stop)

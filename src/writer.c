@@ -371,9 +371,7 @@ static void *writer_main(void *arg)
 {
     mpx_t *m = arg;
     mpx__writer_t *w = m->writer;
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "mpx-writer");
-#endif
+    mpx__thread_init("mpx-writer");
     tx_t tx[2];
     for (int i = 0; i < 2; i++) {
         tx[i].ops = malloc(m->opt.batch_max * sizeof *tx[i].ops);

@@ -3,46 +3,70 @@
  *
  * What it does
  *   S simulated servers, each a real registry (mpx_create + mpx_register
- *   with its own address http://127.0.0.1:<10000+i>), together connect N
- *   sparks, flush, and the result is checked against Redis with a direct
- *   hiredis connection. The servers then stay registered (heartbeating) for
- *   --duration seconds, unregister, and the namespace is checked to be empty.
- *   A report (timings, throughput, memory per spark, mismatches) goes to
- *   stdout; progress and diagnostics go to stderr.
+ *   with its own address http://127.0.0.1:<10000+i>), fed by T producer
+ *   threads, together connect N sparks and flush. Then, for --duration
+ *   seconds, they stay registered while --churn PCT % of the sparks per
+ *   second disconnect and reconnect (SG_CHURN_DELAY_MS later, to the same
+ *   server), and --kill-servers K of them (the last K) crash (SIGKILL) and
+ *   must be reaped by the survivors. At the end Redis is
+ *   checked to hold exactly the expected mapping (every spark of a survivor
+ *   mapped to it, in its set; nothing of the killed servers; nothing else),
+ *   the survivors unregister, and the namespace must be empty.
+ *   A report goes to stdout (with --json: one JSON object on one line, the
+ *   human report going to stderr); progress and diagnostics go to stderr.
  *
  * No per-spark state
- *   Spark number i (0 <= i < N) has the id sg_spark_id(seed, i) and belongs
- *   to server i % S, so server s holds N/S sparks plus one if s < N % S.
- *   Producer thread t (of T) connects the sparks i = t, t+T, t+2T, ...; with
- *   the default T = S each thread feeds exactly one server. Any check can
- *   recompute an id and its expected server from the index alone.
+ *   Spark number i (0 <= i < N) has the id sg_spark_id(i) (derived from the
+ *   seed, the index and --id-format) and belongs to server i % S. Every check
+ *   recomputes ids and expected servers from indices, and every generated id
+ *   can be decoded back to its index (sg_spark_index), so unexpected hash
+ *   fields and set members can be told apart without a table of ids.
+ *
+ * Nodes: one protocol, two transports
+ *   The servers live in "nodes". A node (sg_local_t) owns some servers and
+ *   the producer and churn threads feeding them, and obeys text commands
+ *   (sg_local_command: connect, stats, churn, flush, sample, unregister...).
+ *   - Without --kill-servers there is one node, in this process, owning all
+ *     S servers and T threads; commands are plain function calls.
+ *   - With --kill-servers K every server is a node of its own in a child
+ *     process (forked before any thread exists), with T/S threads (at least
+ *     one); the parent sends the same commands through a pipe and reads
+ *     one-line answers. The parent only orchestrates, checks and reports,
+ *     and can SIGKILL a child the way a crash leaves a gateway: no
+ *     unregister, threads gone, alive key and lease left to expire.
  *
  * Phases (each timed; see sg_run())
- *   setup      parse options, start or reach Redis, check the namespace is
- *              empty, create and register the servers
- *   connect    producer threads call mpx_connect()
- *   flush      mpx_flush() on every server, bounded by a deadline
- *   verify     HLEN, SCARD per server, servers set, alive keys, a sample of
- *              ids through HMGET and through mpx_sparks(), library counters
- *   stay       --duration seconds, one progress line per second
- *   unregister mpx_unregister() on every server, then the namespace must be
- *              empty (no hash fields, none of our servers, no key left)
- *   report     sg_report_print()
+ *   setup      parse options, start or reach Redis, check that the namespace
+ *              is empty, create the nodes (fork the children), register
+ *   connect    producers call mpx_connect(); each node then flushes
+ *   stay       --duration s: churn; kill K servers (half-way through, or
+ *              at once without --duration) after flushing them, and wait
+ *              until Redis holds nothing of theirs (reap_ms)
+ *   flush      the survivors flush what churn queued
+ *   verify     the whole mapping: HMGET of every id, SMISMEMBER of every id
+ *              in its server's set, HLEN/SCARD (listing unexpected entries),
+ *              the servers set, alive keys and leases, pending drains,
+ *              library counters, a sample through mpx_sparks()
+ *   unregister mpx_unregister() on the survivors; the namespace must be
+ *              empty
+ *   report     sg_report_print() / sg_report_json()
  *
  * Threads and signals
- *   SIGINT/SIGTERM are blocked in every thread once Redis is up (so library
- *   threads never see EINTR); a small signal thread takes them with
- *   sigtimedwait() and sets run->stop_sig, which every phase polls. A second
- *   signal kills the redis-server we started (by PID) and exits at once.
- *   The redis-server is started before signals are blocked, so it does not
- *   inherit a blocked mask; a signal that arrives meanwhile is caught by a
- *   flag-only handler and honoured as soon as the signal thread runs.
+ *   SIGINT/SIGTERM are blocked in every thread (and child) once Redis is up;
+ *   a small signal thread of the parent takes them with sigtimedwait() and
+ *   sets run->stop_sig, which every phase polls; the nodes are then told to
+ *   abort. A second signal kills the redis-server we started (by PID) and
+ *   exits at once (children die with the parent: PR_SET_PDEATHSIG).
  *
  * Cleanup
- *   One path, sg_cleanup(): unregister what is still registered (skipped
- *   when interrupted and the Redis is our throwaway one), destroy every
- *   registry, close the check connection, stop and remove our redis-server,
- *   stop the signal thread. It runs on every exit after option parsing.
+ *   sg_nodes_shutdown(), before the report and again (a no-op) from
+ *   sg_cleanup(): unregister what is still registered (skipped when
+ *   interrupted and the Redis is our throwaway one), destroy every node
+ *   (children are told to exit, then reaped by PID, SIGKILL if they do not;
+ *   a child that exits badly, e.g. a sanitizer report, is an error). Then
+ *   sg_cleanup() closes the check connection, stops and removes our
+ *   redis-server and stops the signal thread. It runs on every exit after
+ *   option parsing.
  *
  * Exit codes: 0 ok; 1 mismatches or library errors; 2 usage error or Redis
  * cannot be reached or started (or the namespace is not empty); 128+signal
@@ -54,9 +78,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -65,8 +92,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,16 +119,22 @@ enum { SG_EXIT_OK = 0, SG_EXIT_FAIL = 1, SG_EXIT_USAGE = 2 };
 #define SG_INTERVAL_MAX 2147483647u
 #define SG_BASE_PORT 10000u
 
-#define SG_SAMPLE 1000u        /* ids looked up in verify */
+#define SG_SAMPLE 1000u        /* ids looked up through the library */
+#define SG_CHUNK 1000u         /* ids per HMGET / SMISMEMBER in verify */
 #define SG_SHOWN_MAX 20        /* mismatches kept for the report */
-#define SG_ID_CAP 48           /* "<13 digits>$<up to 20 digits>" + NUL */
+#define SG_ID_CAP 256          /* longest id (--id-format long) + NUL */
+#define SG_LONG_LEN 200u       /* length of --id-format long ids */
 #define SG_KEY_CAP 512         /* namespace + address + suffix */
 #define SG_CHECK_TIMEOUT_MS 10000u
 #define SG_LEASE_DEFAULT_MS 10000u
 #define SG_SCAN_MAX_KEYS 10000000ull /* bound on the leftover-key scan */
+#define SG_REAP_SLACK_S 30.0   /* reap wait: 3 x interval + this */
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                            */
+
+enum { SG_ID_PRIMUS = 0, SG_ID_UUID, SG_ID_LONG };
+static const char *const sg_id_names[] = {"primus", "uuid", "long"};
 
 typedef struct sg_config {
     const char *redis_url; /* NULL: start a throwaway redis-server */
@@ -110,87 +146,85 @@ typedef struct sg_config {
     const char *ns;
     uint32_t threads; /* 0 until resolved: one per server */
     uint64_t seed;
+    double churn_pct; /* % of the sparks per second, during --duration */
+    int id_format;    /* SG_ID_* */
+    uint32_t kill;    /* servers to SIGKILL mid-run */
     int quiet;
     int verify;
+    int json;
 } sg_config_t;
 
 /* ------------------------------------------------------------------------ */
-/* Run state                                                                */
+/* Output                                                                   */
 
-struct sg_run;
+static int sg_quiet;            /* --quiet */
+static int sg_tty;              /* stderr is a terminal: \r progress line */
+static char sg_who[40] = "sparkgen"; /* "sparkgen[server 3]" in children */
+static pthread_mutex_t sg_out_mu = PTHREAD_MUTEX_INITIALIZER;
+static int sg_line_drawn;       /* a progress line is on screen (under sg_out_mu) */
 
-typedef struct sg_server {
-    struct sg_run *run;
-    unsigned index;
-    char address[64];
-    uint64_t expected; /* sparks assigned to this server */
-    mpx_t *mpx;
-    int registered;
-    atomic_uint_fast64_t bg_errors; /* on_error calls */
-} sg_server_t;
+/* Take stderr, wiping any progress line first. */
+static void sg_out_begin(void)
+{
+    pthread_mutex_lock(&sg_out_mu);
+    if (sg_line_drawn) {
+        fputs("\r\033[K", stderr);
+        sg_line_drawn = 0;
+    }
+}
 
-typedef struct sg_producer {
-    struct sg_run *run;
-    unsigned index;
-    pthread_t thread;
-    uint64_t calls;  /* mpx_connect calls made */
-    uint64_t errors; /* mpx_connect calls that failed */
-} sg_producer_t;
+static void sg_out_end(void)
+{
+    pthread_mutex_unlock(&sg_out_mu);
+}
 
-/* Measurements, filled by the phases, printed by sg_report_print(). */
-typedef struct sg_metrics {
-    int reached; /* highest phase reached, SG_PHASE_* */
-    double register_s, connect_s, flush_s, verify_s, stay_s, unregister_s;
-    uint64_t connect_calls;
-    long long redis_mem_before, redis_mem_after; /* -1: unknown */
-    long long rss_before_kb, rss_after_kb;       /* -1: unknown */
-    long maxrss_kb;
-    mpx_stats_t stats;     /* summed over the servers, after flush */
-    mpx_stats_t stats_end; /* summed, before unregister */
-    int flushed;       /* every server flushed in time */
-} sg_metrics_t;
+static void sg_vmsg(const char *kind, const char *fmt, va_list ap)
+{
+    sg_out_begin();
+    fprintf(stderr, "%s: %s", sg_who, kind);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    sg_out_end();
+}
 
-enum {
-    SG_PHASE_SETUP = 0,
-    SG_PHASE_CONNECT,
-    SG_PHASE_FLUSH,
-    SG_PHASE_VERIFY,
-    SG_PHASE_STAY,
-    SG_PHASE_UNREGISTER,
-    SG_PHASE_DONE
-};
+static void sg_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sg_info(const char *fmt, ...)
+{
+    if (sg_quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    sg_vmsg("", fmt, ap);
+    va_end(ap);
+}
 
-typedef struct sg_run {
-    sg_config_t cfg;
-    mpx__redis_endpoint_t ep; /* parsed --redis / throwaway URL */
-    char url_text[512]; /* the Redis URL in use */
-    char url_shown[512]; /* the same with any password replaced by "***" */
-    char nsc[MPX_NAMESPACE_MAX + 2]; /* namespace followed by ':' */
+static void sg_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sg_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sg_vmsg("error: ", fmt, ap);
+    va_end(ap);
+}
 
-    redis_proc_t rp;
-    int own_redis;
-    atomic_int redis_pid; /* for the emergency kill on a second signal */
+/* Always shown, even with --quiet. */
+static void sg_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sg_note(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sg_vmsg("", fmt, ap);
+    va_end(ap);
+}
 
-    redisContext *rc; /* check connection; main thread only */
-    int rc_lost_noted; /* "cannot reconnect" recorded once */
-
-    sg_server_t *servers;
-    unsigned servers_created;
-
-    atomic_uint_fast64_t api_errors; /* library calls that returned errors */
-
-    uint64_t mismatches;
-    int shown;
-    char shown_text[SG_SHOWN_MAX][256];
-
-    atomic_int stop_sig; /* signal that asked us to stop, or 0 */
-    atomic_int producers_abort; /* a producer could not start: stop them */
-    atomic_int sig_done;
-    pthread_t sig_thread;
-    int sig_thread_started;
-
-    sg_metrics_t m;
-} sg_run_t;
+static void sg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sg_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sg_vmsg("warning: ", fmt, ap);
+    va_end(ap);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                            */
@@ -202,64 +236,165 @@ static double sg_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void sg_sleep_ms(unsigned ms)
+static void sg_sleep_ms(double ms)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    if (ms <= 0)
+        return;
+    long long ns = (long long)(ms * 1e6);
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
         ;
 }
 
-static int sg_stopping(sg_run_t *r)
+static void *sg_xrealloc(void *p, size_t n)
 {
-    return atomic_load_explicit(&r->stop_sig, memory_order_relaxed) != 0;
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        static const char msg[] = "sparkgen: out of memory\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+            /* nothing more to do */
+        }
+        abort();
+    }
+    return q;
 }
 
-static void sg_info(sg_run_t *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void sg_info(sg_run_t *r, const char *fmt, ...)
+/* A growable string. */
+typedef struct sg_buf {
+    char *p;
+    size_t len, cap;
+} sg_buf_t;
+
+static void sg_buf_reserve(sg_buf_t *b, size_t extra)
 {
-    if (r->cfg.quiet)
+    if (b->len + extra + 1 <= b->cap)
         return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "sparkgen: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    b->p = sg_xrealloc(b->p, cap);
+    b->cap = cap;
 }
 
-static void sg_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sg_error(const char *fmt, ...)
+static void sg_buf_printf(sg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sg_buf_printf(sg_buf_t *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "sparkgen: error: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-}
-
-/* A library call failed: count it and say what and why. */
-static void sg_api_error(sg_run_t *r, const char *what, int rc)
-{
-    atomic_fetch_add(&r->api_errors, 1);
-    const char *detail = mpx_last_error();
-    sg_error("%s: %s (%s)%s%s", what, mpx_err_name(rc), mpx_strerror(rc),
-             detail[0] ? ": " : "", detail);
-}
-
-/* Record a check failure; the first SG_SHOWN_MAX are kept for the report. */
-static void sg_mismatch(sg_run_t *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void sg_mismatch(sg_run_t *r, const char *fmt, ...)
-{
-    r->mismatches++;
-    if (r->shown >= SG_SHOWN_MAX)
+    if (n < 0)
         return;
-    va_list ap;
+    sg_buf_reserve(b, (size_t)n);
     va_start(ap, fmt);
-    vsnprintf(r->shown_text[r->shown++], sizeof r->shown_text[0], fmt, ap);
+    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void sg_buf_clear(sg_buf_t *b)
+{
+    b->len = 0;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
+static void sg_buf_free(sg_buf_t *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* JSON string literal of `s` (quotes included). */
+static void sg_buf_json_str(sg_buf_t *b, const char *s)
+{
+    sg_buf_printf(b, "\"");
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            sg_buf_printf(b, "\\%c", *c);
+        else if (*c < 0x20 || *c == 0x7f)
+            sg_buf_printf(b, "\\u%04x", *c);
+        else
+            sg_buf_printf(b, "%c", *c);
+    }
+    sg_buf_printf(b, "\"");
+}
+
+/* Write all of `len` bytes; 0 or -1. */
+static int sg_write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads newline-terminated lines from a pipe. */
+typedef struct sg_lr {
+    int fd;
+    char *buf;
+    size_t len, cap, off;
+} sg_lr_t;
+
+/*
+ * The next line, without its newline, NUL-terminated, valid until the next
+ * call; NULL at end of file, on error, or after timeout_ms (-1: no limit),
+ * with *why saying which.
+ */
+static char *sg_lr_next(sg_lr_t *lr, int timeout_ms, const char **why)
+{
+    if (lr->off) {
+        memmove(lr->buf, lr->buf + lr->off, lr->len - lr->off);
+        lr->len -= lr->off;
+        lr->off = 0;
+    }
+    double deadline = sg_now() + timeout_ms / 1000.0;
+    for (;;) {
+        char *nl = lr->buf ? memchr(lr->buf, '\n', lr->len) : NULL;
+        if (nl) {
+            *nl = '\0';
+            lr->off = (size_t)(nl - lr->buf) + 1;
+            return lr->buf;
+        }
+        if (lr->len + 4096 > lr->cap) {
+            lr->cap = lr->cap ? lr->cap * 2 : 16384;
+            lr->buf = sg_xrealloc(lr->buf, lr->cap);
+        }
+        if (timeout_ms >= 0) {
+            double left = deadline - sg_now();
+            struct pollfd pfd = {lr->fd, POLLIN, 0};
+            int pr = left > 0 ? poll(&pfd, 1, (int)(left * 1000) + 1) : 0;
+            if (pr < 0 && errno == EINTR)
+                continue;
+            if (pr == 0) {
+                *why = "no answer in time";
+                return NULL;
+            }
+            if (pr < 0) {
+                *why = strerror(errno);
+                return NULL;
+            }
+        }
+        ssize_t n = read(lr->fd, lr->buf + lr->len, lr->cap - lr->len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *why = strerror(errno);
+            return NULL;
+        }
+        if (n == 0) {
+            *why = "the process went away";
+            return NULL;
+        }
+        lr->len += (size_t)n;
+    }
 }
 
 static const char *sg_human_bytes(double b, char *buf, size_t cap)
@@ -276,6 +411,41 @@ static const char *sg_human_bytes(double b, char *buf, size_t cap)
     return buf;
 }
 
+static const char *sg_human_count(double v, char *buf, size_t cap)
+{
+    if (v >= 1e9)
+        snprintf(buf, cap, "%.2fG", v / 1e9);
+    else if (v >= 1e6)
+        snprintf(buf, cap, "%.2fM", v / 1e6);
+    else if (v >= 1e4)
+        snprintf(buf, cap, "%.1fk", v / 1e3);
+    else
+        snprintf(buf, cap, "%.0f", v);
+    return buf;
+}
+
+static long long sg_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = strtoll(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb;
+}
+
+static long sg_maxrss_kb(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Spark ids                                                                */
 
@@ -286,6 +456,46 @@ static uint64_t sg_mix64(uint64_t x)
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
     return x ^ (x >> 31);
+}
+
+/* A keyed permutation of 64-bit values (4-round Feistel network), so an id
+ * that looks random can still be decoded back to its index. */
+static uint64_t sg_feistel(uint64_t x, uint64_t key, int inverse)
+{
+    uint32_t l = (uint32_t)(x >> 32), r = (uint32_t)x;
+    if (!inverse) {
+        for (uint64_t k = 0; k < 4; k++) {
+            uint32_t t = l ^ (uint32_t)sg_mix64(r ^ (key + k * 0x9e3779b97f4a7c15ull));
+            l = r;
+            r = t;
+        }
+    } else {
+        for (uint64_t k = 4; k-- > 0;) {
+            uint32_t t = r ^ (uint32_t)sg_mix64(l ^ (key + k * 0x9e3779b97f4a7c15ull));
+            r = l;
+            l = t;
+        }
+    }
+    return ((uint64_t)l << 32) | r;
+}
+
+/* Everything ids depend on; set once after option parsing (children
+ * inherit it). */
+static struct {
+    int fmt;
+    uint64_t n;    /* --sparks: valid indices are 0..n-1 */
+    uint64_t ts0;  /* primus: first timestamp */
+    uint64_t kx;   /* uuid, long: Feistel key */
+    uint64_t ky;   /* uuid, long: filler key */
+} sg_ids;
+
+static void sg_ids_init(const sg_config_t *cfg)
+{
+    sg_ids.fmt = cfg->id_format;
+    sg_ids.n = cfg->sparks;
+    sg_ids.ts0 = 1400000000000ull + sg_mix64(cfg->seed) % 100000000000ull;
+    sg_ids.kx = sg_mix64(cfg->seed ^ 0x6964666d74757569ull);
+    sg_ids.ky = sg_mix64(cfg->seed ^ 0x66696c6c65726b79ull);
 }
 
 static size_t sg_u64toa(uint64_t v, char *out)
@@ -301,27 +511,1121 @@ static size_t sg_u64toa(uint64_t v, char *out)
     return n;
 }
 
-/*
- * The id of spark number `i` for `seed`, Primus-like: "<ms timestamp>$<n>".
- * The timestamp starts at a seed-dependent point between 2014 and 2017 and
- * advances by one every 1024 sparks; the counter is the index itself, so ids
- * are unique within a run and two seeds share an id only if their starting
- * points coincide (1 in 10^11). Writes at most SG_ID_CAP - 1 bytes plus a
- * NUL; returns the length.
- */
-static size_t sg_spark_id(uint64_t seed, uint64_t i, char *buf)
+static const char sg_hex[] = "0123456789abcdef";
+
+static void sg_put_hex(char *out, uint64_t v, int digits)
 {
-    uint64_t ts = 1400000000000ull + sg_mix64(seed) % 100000000000ull + i / 1024;
-    size_t n = sg_u64toa(ts, buf);
-    buf[n++] = '$';
-    n += sg_u64toa(i, buf + n);
+    for (int k = digits - 1; k >= 0; k--) {
+        out[k] = sg_hex[v & 15];
+        v >>= 4;
+    }
+}
+
+/* Parse `digits` lowercase hex digits; -1 if any is not one. */
+static int sg_get_hex(const char *p, int digits, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int k = 0; k < digits; k++) {
+        char c = p[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        x = (x << 4) | (uint64_t)d;
+    }
+    *v = x;
+    return 0;
+}
+
+/*
+ * The id of spark number `i`, in `buf` (SG_ID_CAP bytes); returns its length.
+ *   primus  "<13-digit ms timestamp>$<i>", as Primus makes them: the
+ *           timestamp starts at a seed-dependent point between 2014 and 2017
+ *           and advances by one every 1024 sparks.
+ *   uuid    RFC 4122 version 4 text (8-4-4-4-12 lowercase hex): 64 of its
+ *           122 random bits are a keyed permutation of i, the other 58 are
+ *           derived from those and the seed.
+ *   long    SG_LONG_LEN (200) bytes: "lng_" + 16 hex digits (the permuted
+ *           index) + "_" + filler in [A-Za-z0-9_-] derived from the seed.
+ * Distinct indices give distinct ids; sg_spark_index() inverts this.
+ */
+static size_t sg_spark_id(uint64_t i, char *buf)
+{
+    if (sg_ids.fmt == SG_ID_PRIMUS) {
+        size_t n = sg_u64toa(sg_ids.ts0 + i / 1024, buf);
+        buf[n++] = '$';
+        n += sg_u64toa(i, buf + n);
+        buf[n] = '\0';
+        return n;
+    }
+    uint64_t x = sg_feistel(i, sg_ids.kx, 0);
+    uint64_t y = sg_mix64(x ^ sg_ids.ky);
+    if (sg_ids.fmt == SG_ID_UUID) {
+        uint64_t hi = (x & 0xffffffffffff0000ull) | 0x4000ull | ((x >> 4) & 0xfffull);
+        uint64_t lo = 0x8000000000000000ull | ((x & 0xfull) << 58) |
+                      (y & 0x03ffffffffffffffull);
+        sg_put_hex(buf, hi >> 32, 8);
+        buf[8] = '-';
+        sg_put_hex(buf + 9, (hi >> 16) & 0xffff, 4);
+        buf[13] = '-';
+        sg_put_hex(buf + 14, hi & 0xffff, 4);
+        buf[18] = '-';
+        sg_put_hex(buf + 19, lo >> 48, 4);
+        buf[23] = '-';
+        sg_put_hex(buf + 24, lo & 0xffffffffffffull, 12);
+        buf[36] = '\0';
+        return 36;
+    }
+    static const char alpha[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    memcpy(buf, "lng_", 4);
+    sg_put_hex(buf + 4, x, 16);
+    buf[20] = '_';
+    size_t n = 21;
+    while (n < SG_LONG_LEN) {
+        y = sg_mix64(y);
+        for (int k = 0; k < 10 && n < SG_LONG_LEN; k++)
+            buf[n++] = alpha[(y >> (6 * k)) & 63];
+    }
     buf[n] = '\0';
     return n;
 }
 
-static unsigned sg_server_of(const sg_run_t *r, uint64_t i)
+/* If `id` is exactly the id of some spark 0 <= i < N, set *i and return 1. */
+static int sg_spark_index(const char *id, size_t len, uint64_t *i)
 {
-    return (unsigned)(i % r->cfg.servers);
+    uint64_t v = 0;
+    if (sg_ids.fmt == SG_ID_PRIMUS) {
+        const char *d = memchr(id, '$', len);
+        if (!d || d + 1 == id + len || (size_t)(id + len - d - 1) > 19)
+            return 0;
+        for (const char *p = d + 1; p < id + len; p++) {
+            if (*p < '0' || *p > '9')
+                return 0;
+            v = v * 10 + (uint64_t)(*p - '0');
+        }
+    } else if (sg_ids.fmt == SG_ID_UUID) {
+        uint64_t a, b, c, d, e;
+        if (len != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' ||
+            sg_get_hex(id, 8, &a) || sg_get_hex(id + 9, 4, &b) ||
+            sg_get_hex(id + 14, 4, &c) || sg_get_hex(id + 19, 4, &d) ||
+            sg_get_hex(id + 24, 12, &e))
+            return 0;
+        uint64_t hi = (a << 32) | (b << 16) | c, lo = (d << 48) | e;
+        uint64_t x = (hi & 0xffffffffffff0000ull) | ((hi & 0xfffull) << 4) | ((lo >> 58) & 0xf);
+        v = sg_feistel(x, sg_ids.kx, 1);
+    } else {
+        uint64_t x;
+        if (len != SG_LONG_LEN || memcmp(id, "lng_", 4) != 0 || sg_get_hex(id + 4, 16, &x))
+            return 0;
+        v = sg_feistel(x, sg_ids.kx, 1);
+    }
+    if (v >= sg_ids.n)
+        return 0;
+    char buf[SG_ID_CAP];
+    size_t n = sg_spark_id(v, buf);
+    if (n != len || memcmp(buf, id, len) != 0)
+        return 0;
+    *i = v;
+    return 1;
+}
+
+/* An id for messages: long ones are cut. */
+static const char *sg_id_shown(const char *id, size_t len, char *buf, size_t cap)
+{
+    if (len <= 48)
+        snprintf(buf, cap, "%.*s", (int)len, id);
+    else
+        snprintf(buf, cap, "%.40s...(%zu bytes)", id, len);
+    return buf;
+}
+
+/* Sparks of server s: N/S, plus one for the first N % S servers. */
+static uint64_t sg_expected(const sg_config_t *cfg, unsigned s)
+{
+    return cfg->sparks / cfg->servers + (s < cfg->sparks % cfg->servers);
+}
+
+static void sg_address(unsigned s, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "http://127.0.0.1:%u", SG_BASE_PORT + s);
+}
+
+/* The server index of an address we generated, or -1. */
+static int sg_address_server(const char *a, unsigned servers)
+{
+    static const char pre[] = "http://127.0.0.1:";
+    if (strncmp(a, pre, sizeof pre - 1) != 0)
+        return -1;
+    char *end;
+    unsigned long port = strtoul(a + sizeof pre - 1, &end, 10);
+    if (*end || port < SG_BASE_PORT || port >= SG_BASE_PORT + servers)
+        return -1;
+    return (int)(port - SG_BASE_PORT);
+}
+
+/* The i-th index of the sample looked up through the library. */
+static uint64_t sg_sample_next(uint64_t *state, uint64_t n)
+{
+    *state = sg_mix64(*state);
+    return *state % n;
+}
+
+static uint64_t sg_sample_seed(uint64_t seed)
+{
+    return seed ^ 0x5a17c0de5a17c0deull;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Library counters: summing, and the text form nodes answer with           */
+
+/* Every mpx_stats_t field: X(name, how) with how = sum or max. The latency
+ * percentiles of several registries are combined as the largest (the worst
+ * server's): the combined percentile is never above it. */
+#define SG_STATS_FIELDS(X)                                                     \
+    X(local_sparks, sum) X(queued, sum) X(committed, sum) X(coalesced, sum)    \
+    X(pending, sum) X(batches, sum) X(redis_errors, sum) X(retries, sum)       \
+    X(heartbeats, sum) X(reaped_servers, sum) X(reaped_sparks, sum)            \
+    X(reregistered, sum) X(cache_entries, sum) X(cache_bytes, sum)             \
+    X(lookup_hits, sum) X(lookup_misses, sum) X(commit_latency_p50_us, max)    \
+    X(commit_latency_p99_us, max) X(commit_latency_p999_us, max)               \
+    X(commit_latency_max_us, max) X(commit_latency_count, sum)
+
+static void sg_stats_add(mpx_stats_t *sum, const mpx_stats_t *st)
+{
+#define SG_ADD_sum(f) sum->f += st->f;
+#define SG_ADD_max(f) if (st->f > sum->f) sum->f = st->f;
+#define SG_ADD(f, how) SG_ADD_##how(f)
+    SG_STATS_FIELDS(SG_ADD)
+#undef SG_ADD
+#undef SG_ADD_sum
+#undef SG_ADD_max
+}
+
+static void sg_stats_format(sg_buf_t *b, const mpx_stats_t *st)
+{
+#define SG_FMT(f, how) sg_buf_printf(b, " %" PRIu64, st->f);
+    SG_STATS_FIELDS(SG_FMT)
+#undef SG_FMT
+}
+
+/* Parse the fields written by sg_stats_format at *p; advances *p. */
+static int sg_stats_parse(const char **p, mpx_stats_t *st)
+{
+    char *end;
+#define SG_PARSE(f, how)                                                       \
+    errno = 0;                                                                 \
+    st->f = strtoull(*p, &end, 10);                                            \
+    if (end == *p || errno)                                                    \
+        return -1;                                                             \
+    *p = end;
+    SG_STATS_FIELDS(SG_PARSE)
+#undef SG_PARSE
+    return 0;
+}
+
+/* What a node reports about itself ("stats"). */
+enum { SG_NS_IDLE = 0, SG_NS_CONNECTING, SG_NS_FLUSHING, SG_NS_FLUSHED, SG_NS_FAILED };
+
+typedef struct sg_ninfo {
+    int state;                  /* SG_NS_*: progress of "connect" */
+    double t_start;             /* producers started (CLOCK_MONOTONIC s) */
+    double t_conn_end;          /* all producers done */
+    double t_flushed;           /* all servers flushed after connecting */
+    uint64_t calls, call_errors; /* mpx_connect calls of the connect phase */
+    uint64_t churn_ops;         /* disconnect + reconnect pairs */
+    uint64_t api_errors;        /* library calls that returned an error */
+    uint64_t bg_errors;         /* on_error calls */
+    long long rss_before_kb;    /* before mpx_create */
+    long long rss_after_kb;     /* after the connect flush */
+    long long rss_now_kb;
+    long long maxrss_kb;
+    mpx_stats_t st;             /* summed over the node's servers */
+} sg_ninfo_t;
+
+static void sg_ninfo_format(sg_buf_t *b, const sg_ninfo_t *ni)
+{
+    sg_buf_printf(b,
+                  "S %d %.6f %.6f %.6f %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+                  " %" PRIu64 " %lld %lld %lld %lld",
+                  ni->state, ni->t_start, ni->t_conn_end, ni->t_flushed, ni->calls,
+                  ni->call_errors, ni->churn_ops, ni->api_errors, ni->bg_errors,
+                  ni->rss_before_kb, ni->rss_after_kb, ni->rss_now_kb, ni->maxrss_kb);
+    sg_stats_format(b, &ni->st);
+}
+
+static int sg_ninfo_parse(const char *s, sg_ninfo_t *ni)
+{
+    int used = 0;
+    if (sscanf(s,
+               "S %d %lf %lf %lf %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+               " %lld %lld %lld %lld%n",
+               &ni->state, &ni->t_start, &ni->t_conn_end, &ni->t_flushed, &ni->calls,
+               &ni->call_errors, &ni->churn_ops, &ni->api_errors, &ni->bg_errors,
+               &ni->rss_before_kb, &ni->rss_after_kb, &ni->rss_now_kb, &ni->maxrss_kb,
+               &used) != 13)
+        return -1;
+    const char *p = s + used;
+    return sg_stats_parse(&p, &ni->st);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A node: servers and the threads that feed them                           */
+
+typedef struct sg_local sg_local_t;
+
+typedef struct sg_server {
+    sg_local_t *node;
+    unsigned index; /* global server number */
+    char address[64];
+    uint64_t expected;
+    mpx_t *mpx;
+    int registered;
+    atomic_uint_fast64_t bg_errors; /* on_error calls */
+} sg_server_t;
+
+/* A producer thread during "connect", then a churn thread during "churn":
+ * both work on the sparks start, start + step, ... below N. */
+typedef struct sg_worker {
+    sg_local_t *node;
+    unsigned index;
+    uint64_t start, step, count;
+    pthread_t thread;
+    int running;
+    uint64_t calls, errors; /* connect phase; read after join */
+    atomic_uint_fast64_t churn_ops;
+} sg_worker_t;
+
+struct sg_local {
+    const sg_config_t *cfg;
+    const char *url;
+    unsigned first, count; /* servers first .. first + count - 1 */
+    sg_server_t *servers;
+    unsigned created;
+    unsigned nthreads;
+    sg_worker_t *workers;
+
+    atomic_int stop;     /* "abort": producers, churn and flushes end */
+    atomic_int state;    /* SG_NS_* */
+    pthread_t driver;    /* "connect": producers, then flush */
+    int driver_running;
+    double t_start, t_conn_end, t_flushed; /* written before state changes */
+    uint64_t calls, call_errors;
+
+    atomic_int churn_on;
+    int churning; /* churn threads started */
+    double churn_pct;
+
+    atomic_uint_fast64_t api_errors;
+    long long rss_before_kb, rss_after_kb;
+};
+
+static sg_server_t *sg_local_server(sg_local_t *L, uint64_t i)
+{
+    return &L->servers[i % L->cfg->servers - L->first];
+}
+
+static void sg_on_error(mpx_t *mpx, int err, const char *message, void *data)
+{
+    (void)mpx;
+    sg_server_t *s = data;
+    atomic_fetch_add(&s->bg_errors, 1);
+    sg_error("server %u (%s): background error %s: %s", s->index, s->address,
+             mpx_err_name(err), message ? message : "");
+}
+
+/* A library call failed: count it and say what and why. */
+static void sg_api_error(atomic_uint_fast64_t *counter, const char *what, int rc)
+{
+    atomic_fetch_add(counter, 1);
+    const char *detail = mpx_last_error();
+    sg_error("%s: %s (%s)%s%s", what, mpx_err_name(rc), mpx_strerror(rc),
+             detail[0] ? ": " : "", detail);
+}
+
+/* A failed mpx_connect/mpx_disconnect in a worker: the first few are
+ * described, the rest only counted. */
+static void sg_worker_error(sg_worker_t *w, uint64_t *errors, const char *call, const char *id,
+                            size_t len, sg_server_t *s, int rc)
+{
+    (*errors)++;
+    if (*errors <= 3) {
+        char what[192], shown[96];
+        snprintf(what, sizeof what, "%s(%s) on server %u", call,
+                 sg_id_shown(id, len, shown, sizeof shown), s->index);
+        sg_api_error(&w->node->api_errors, what, rc);
+    } else {
+        atomic_fetch_add(&w->node->api_errors, 1);
+    }
+}
+
+static void *sg_producer_main(void *arg)
+{
+    sg_worker_t *w = arg;
+    sg_local_t *L = w->node;
+    char id[SG_ID_CAP];
+    for (uint64_t k = 0; k < w->count; k++) {
+        if ((k & 4095) == 0 && atomic_load_explicit(&L->stop, memory_order_relaxed))
+            break;
+        uint64_t i = w->start + k * w->step;
+        size_t len = sg_spark_id(i, id);
+        sg_server_t *s = sg_local_server(L, i);
+        int rc = mpx_connect(s->mpx, id, len);
+        w->calls++;
+        if (rc != 0) {
+            sg_worker_error(w, &w->errors, "mpx_connect", id, len, s, rc);
+            if (rc == MPX_ECLOSED || rc == MPX_ENOMEM)
+                break;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Churn: pick random sparks of this worker's share (from a generator seeded
+ * by --seed and the worker), at churn_pct % of the share per second; each
+ * one disconnects, and reconnects to the same server SG_CHURN_DELAY_MS
+ * later, like a client that lost its connection (an immediate reconnect
+ * would cancel out in the library's queue and never reach Redis). The
+ * sparks waiting to reconnect are the only churn state: a ring bounded by
+ * the rate. Disjoint shares: no two threads touch one spark, and when the
+ * churn stops every spark is connected to its server again.
+ */
+#define SG_CHURN_DELAY_MS 100.0
+#define SG_CHURN_RING_MAX 65536u
+
+typedef struct sg_pend {
+    uint64_t i;
+    double due;
+} sg_pend_t;
+
+static void sg_churn_reconnect(sg_worker_t *w, uint64_t i, uint64_t *errors)
+{
+    char id[SG_ID_CAP];
+    size_t len = sg_spark_id(i, id);
+    sg_server_t *s = sg_local_server(w->node, i);
+    int rc = mpx_connect(s->mpx, id, len);
+    if (rc != 0)
+        sg_worker_error(w, errors, "mpx_connect", id, len, s, rc);
+}
+
+static void *sg_churn_main(void *arg)
+{
+    sg_worker_t *w = arg;
+    sg_local_t *L = w->node;
+    double rate = L->churn_pct / 100.0 * (double)w->count; /* sparks per second */
+    if (w->count == 0 || rate <= 0)
+        return NULL;
+    double want = rate * SG_CHURN_DELAY_MS / 1000.0 * 2 + 1024;
+    size_t cap = want > SG_CHURN_RING_MAX ? SG_CHURN_RING_MAX : (size_t)want;
+    sg_pend_t *ring = malloc(cap * sizeof *ring);
+    if (!ring) {
+        sg_error("churn: out of memory");
+        atomic_fetch_add(&L->api_errors, 1);
+        return NULL;
+    }
+    size_t head = 0, count = 0;
+    uint64_t rng = sg_mix64(L->cfg->seed ^ 0x636875726e636875ull ^ sg_mix64(w->start));
+    uint64_t done = 0, errors = 0;
+    char id[SG_ID_CAP];
+    double t0 = sg_now();
+    while (atomic_load_explicit(&L->churn_on, memory_order_relaxed) &&
+           !atomic_load_explicit(&L->stop, memory_order_relaxed)) {
+        double now = sg_now();
+        while (count && ring[head].due <= now) {
+            sg_churn_reconnect(w, ring[head].i, &errors);
+            head = (head + 1) % cap;
+            count--;
+        }
+        uint64_t due = (uint64_t)((now - t0) * rate);
+        if (done >= due) {
+            double wait_ms = ((double)(done + 1) / rate - (now - t0)) * 1000.0;
+            if (count && (ring[head].due - now) * 1000.0 < wait_ms)
+                wait_ms = (ring[head].due - now) * 1000.0;
+            sg_sleep_ms(wait_ms < 0.2 ? 0.2 : wait_ms > 20 ? 20 : wait_ms);
+            continue;
+        }
+        uint64_t burst = due - done > 1024 ? 1024 : due - done;
+        for (uint64_t b = 0; b < burst; b++) {
+            uint64_t i = w->start + w->step * sg_sample_next(&rng, w->count);
+            size_t len = sg_spark_id(i, id);
+            sg_server_t *s = sg_local_server(L, i);
+            int rc = mpx_disconnect(s->mpx, id, len);
+            if (rc != 0)
+                sg_worker_error(w, &errors, "mpx_disconnect", id, len, s, rc);
+            if (count == cap) { /* full: the oldest reconnects early */
+                sg_churn_reconnect(w, ring[head].i, &errors);
+                head = (head + 1) % cap;
+                count--;
+            }
+            ring[(head + count) % cap] = (sg_pend_t){i, now + SG_CHURN_DELAY_MS / 1000.0};
+            count++;
+        }
+        done += burst;
+        atomic_store_explicit(&w->churn_ops, done, memory_order_relaxed);
+    }
+    /* Stopping: everything still away reconnects now. */
+    for (; count; count--, head = (head + 1) % cap)
+        sg_churn_reconnect(w, ring[head].i, &errors);
+    free(ring);
+    return NULL;
+}
+
+/* Flush every server of the node until `deadline` (or "abort"). Returns 0,
+ * MPX_ETIMEDOUT, or another library error (reported). */
+static int sg_local_flush(sg_local_t *L, double deadline)
+{
+    for (unsigned k = 0; k < L->created; k++) {
+        sg_server_t *s = &L->servers[k];
+        if (!s->registered)
+            continue;
+        for (;;) {
+            double left = deadline - sg_now();
+            uint32_t ms = left <= 0 ? 1 : left > 0.25 ? 250 : (uint32_t)(left * 1000) + 1;
+            int rc = mpx_flush(s->mpx, ms);
+            if (rc == 0)
+                break;
+            if (rc != MPX_ETIMEDOUT) {
+                char what[128];
+                snprintf(what, sizeof what, "mpx_flush on server %u", s->index);
+                sg_api_error(&L->api_errors, what, rc);
+                return rc;
+            }
+            if (sg_now() >= deadline || atomic_load(&L->stop))
+                return MPX_ETIMEDOUT;
+        }
+    }
+    return 0;
+}
+
+static uint64_t sg_local_sparks(const sg_local_t *L)
+{
+    uint64_t n = 0;
+    for (unsigned k = 0; k < L->count; k++)
+        n += sg_expected(L->cfg, L->first + k);
+    return n;
+}
+
+/* "connect": producers, then a flush bounded by 30 s + 1 s per 10000
+ * sparks. Runs on its own thread so the node keeps answering. */
+static void *sg_driver_main(void *arg)
+{
+    sg_local_t *L = arg;
+    int failed = 0;
+    L->t_start = sg_now();
+    unsigned started = 0;
+    for (; started < L->nthreads; started++) {
+        sg_worker_t *w = &L->workers[started];
+        w->calls = w->errors = 0;
+        if (pthread_create(&w->thread, NULL, sg_producer_main, w) != 0) {
+            sg_error("cannot start producer thread %u", started);
+            atomic_fetch_add(&L->api_errors, 1);
+            atomic_store(&L->stop, 1);
+            failed = 1;
+            break;
+        }
+    }
+    uint64_t calls = 0, errors = 0;
+    for (unsigned t = 0; t < started; t++) {
+        pthread_join(L->workers[t].thread, NULL);
+        calls += L->workers[t].calls;
+        errors += L->workers[t].errors;
+    }
+    L->calls = calls;
+    L->call_errors = errors;
+    L->t_conn_end = sg_now();
+    atomic_store(&L->state, SG_NS_FLUSHING);
+
+    double budget = 30.0 + (double)sg_local_sparks(L) / 10000.0;
+    int rc = failed ? -1 : sg_local_flush(L, sg_now() + budget);
+    if (rc == MPX_ETIMEDOUT && !atomic_load(&L->stop)) {
+        mpx_stats_t sum = {0}, st;
+        for (unsigned k = 0; k < L->created; k++)
+            if (mpx_stats(L->servers[k].mpx, &st) == 0)
+                sg_stats_add(&sum, &st);
+        atomic_fetch_add(&L->api_errors, 1);
+        sg_error("flush: %" PRIu64 " changes still pending after %.0f s", sum.pending, budget);
+    }
+    L->t_flushed = sg_now();
+    L->rss_after_kb = sg_rss_kb();
+    atomic_store(&L->state,
+                 rc == 0 && !errors && !atomic_load(&L->stop) ? SG_NS_FLUSHED : SG_NS_FAILED);
+    return NULL;
+}
+
+static void sg_local_churn_stop(sg_local_t *L)
+{
+    if (!L->churning)
+        return;
+    atomic_store(&L->churn_on, 0);
+    for (unsigned t = 0; t < L->nthreads; t++)
+        if (L->workers[t].running) {
+            pthread_join(L->workers[t].thread, NULL);
+            L->workers[t].running = 0;
+        }
+    L->churning = 0;
+}
+
+static void sg_local_info(sg_local_t *L, sg_ninfo_t *ni)
+{
+    memset(ni, 0, sizeof *ni);
+    ni->state = atomic_load(&L->state);
+    if (ni->state >= SG_NS_FLUSHING) {
+        ni->t_start = L->t_start;
+        ni->t_conn_end = L->t_conn_end;
+        ni->calls = L->calls;
+        ni->call_errors = L->call_errors;
+    }
+    if (ni->state >= SG_NS_FLUSHED) {
+        ni->t_flushed = L->t_flushed;
+        ni->rss_after_kb = L->rss_after_kb;
+    } else {
+        ni->rss_after_kb = -1;
+    }
+    for (unsigned t = 0; t < L->nthreads; t++)
+        ni->churn_ops += atomic_load_explicit(&L->workers[t].churn_ops, memory_order_relaxed);
+    ni->api_errors = atomic_load(&L->api_errors);
+    for (unsigned k = 0; k < L->created; k++) {
+        mpx_stats_t st;
+        ni->bg_errors += atomic_load(&L->servers[k].bg_errors);
+        if (mpx_stats(L->servers[k].mpx, &st) == 0)
+            sg_stats_add(&ni->st, &st);
+    }
+    ni->rss_before_kb = L->rss_before_kb;
+    ni->rss_now_kb = sg_rss_kb();
+    ni->maxrss_kb = sg_maxrss_kb();
+}
+
+/*
+ * Create a node: servers first .. first + count - 1, registered, and
+ * `nthreads` workers over the sparks base + stride * j. Returns 0 or an
+ * exit code (the reason is on stderr); *out is set either way (destroy it).
+ */
+static int sg_local_create(const sg_config_t *cfg, const char *url, unsigned first,
+                           unsigned count, unsigned nthreads, uint64_t base, uint64_t stride,
+                           sg_local_t **out)
+{
+    sg_local_t *L = calloc(1, sizeof *L);
+    *out = L;
+    if (!L)
+        return SG_EXIT_FAIL;
+    L->cfg = cfg;
+    L->url = url;
+    L->first = first;
+    L->count = count;
+    L->nthreads = nthreads;
+    atomic_init(&L->stop, 0);
+    atomic_init(&L->state, SG_NS_IDLE);
+    atomic_init(&L->churn_on, 0);
+    atomic_init(&L->api_errors, 0);
+    L->servers = calloc(count, sizeof *L->servers);
+    L->workers = calloc(nthreads ? nthreads : 1, sizeof *L->workers);
+    if (!L->servers || !L->workers) {
+        sg_error("out of memory");
+        return SG_EXIT_FAIL;
+    }
+    for (unsigned t = 0; t < nthreads; t++) {
+        sg_worker_t *w = &L->workers[t];
+        w->node = L;
+        w->index = t;
+        w->start = base + stride * t;
+        w->step = stride * nthreads;
+        w->count = w->start < cfg->sparks ? (cfg->sparks - 1 - w->start) / w->step + 1 : 0;
+        atomic_init(&w->churn_ops, 0);
+    }
+    /* RSS from before mpx_create: the tables are presized (size_hint). */
+    L->rss_before_kb = sg_rss_kb();
+    L->rss_after_kb = -1;
+    for (unsigned k = 0; k < count; k++) {
+        sg_server_t *s = &L->servers[k];
+        s->node = L;
+        s->index = first + k;
+        atomic_init(&s->bg_errors, 0);
+        sg_address(s->index, s->address, sizeof s->address);
+        s->expected = sg_expected(cfg, s->index);
+
+        mpx_options_t o;
+        mpx_options_init(&o);
+        o.redis_url = url;
+        o.ns = cfg->ns;
+        o.interval_ms = cfg->interval_ms;
+        o.latency_ms = cfg->latency_ms;
+        o.lease_ms = cfg->interval_ms < SG_LEASE_DEFAULT_MS ? cfg->interval_ms
+                                                            : SG_LEASE_DEFAULT_MS;
+        o.size_hint = (size_t)s->expected;
+        o.on_error = sg_on_error;
+        o.on_error_data = s;
+        int rc = mpx_create(&o, &s->mpx);
+        if (rc != 0) {
+            char what[96];
+            snprintf(what, sizeof what, "mpx_create (server %u)", s->index);
+            sg_api_error(&L->api_errors, what, rc);
+            return rc == MPX_EINVAL ? SG_EXIT_USAGE : SG_EXIT_FAIL;
+        }
+        L->created++;
+        rc = mpx_register(s->mpx, s->address);
+        if (rc != 0) {
+            char what[128];
+            snprintf(what, sizeof what, "mpx_register(%s)", s->address);
+            sg_api_error(&L->api_errors, what, rc);
+            if (rc == MPX_ECONN || rc == MPX_ETIMEDOUT || rc == MPX_EADDRINUSE)
+                return SG_EXIT_USAGE;
+            return SG_EXIT_FAIL;
+        }
+        s->registered = 1;
+    }
+    return 0;
+}
+
+/* Stop everything and free the node (does not unregister). *api and *bg
+ * (may be NULL) get the node's final error counts. */
+static void sg_local_destroy(sg_local_t *L, uint64_t *api, uint64_t *bg)
+{
+    if (!L)
+        return;
+    atomic_store(&L->stop, 1);
+    sg_local_churn_stop(L);
+    if (L->driver_running) {
+        pthread_join(L->driver, NULL);
+        L->driver_running = 0;
+    }
+    uint64_t bgsum = 0;
+    for (unsigned k = 0; k < L->created; k++) {
+        mpx_destroy(L->servers[k].mpx); /* may still report through on_error */
+        L->servers[k].mpx = NULL;
+        bgsum += atomic_load(&L->servers[k].bg_errors);
+    }
+    if (api)
+        *api = atomic_load(&L->api_errors);
+    if (bg)
+        *bg = bgsum;
+    free(L->servers);
+    free(L->workers);
+    free(L);
+}
+
+/*
+ * Run one command and write its one-line answer into `out`:
+ *   stats          S <sg_ninfo_t fields> <mpx_stats_t fields>
+ *   sstats         P <count> then the mpx_stats_t fields of each server
+ *   connect        ok | E <why>      (starts producers + flush; see stats)
+ *   churn <pct>    ok | E <why>      (starts the churn threads)
+ *   churnstop      ok <pairs done>
+ *   flush <ms>     F <rc> <pending>
+ *   sample <n>     L <servers rc> <servers listed> <server of each id>...
+ *                  (-1 unknown, -2 an address that is not ours, -3 error)
+ *   unregister     U <failures>
+ *   abort          ok                (stop producers, churn and flushes)
+ */
+static void sg_local_command(sg_local_t *L, const char *cmd, sg_buf_t *out)
+{
+    const sg_config_t *cfg = L->cfg;
+    sg_buf_clear(out);
+    if (strcmp(cmd, "stats") == 0) {
+        sg_ninfo_t ni;
+        sg_local_info(L, &ni);
+        sg_ninfo_format(out, &ni);
+    } else if (strcmp(cmd, "sstats") == 0) {
+        sg_buf_printf(out, "P %u", L->created);
+        for (unsigned k = 0; k < L->created; k++) {
+            mpx_stats_t st;
+            memset(&st, 0, sizeof st);
+            mpx_stats(L->servers[k].mpx, &st);
+            sg_stats_format(out, &st);
+        }
+    } else if (strcmp(cmd, "connect") == 0) {
+        if (L->driver_running || atomic_load(&L->state) != SG_NS_IDLE) {
+            sg_buf_printf(out, "E connect already started");
+            return;
+        }
+        atomic_store(&L->state, SG_NS_CONNECTING);
+        if (pthread_create(&L->driver, NULL, sg_driver_main, L) != 0) {
+            atomic_store(&L->state, SG_NS_FAILED);
+            sg_buf_printf(out, "E cannot start a thread");
+            return;
+        }
+        L->driver_running = 1;
+        sg_buf_printf(out, "ok");
+    } else if (strncmp(cmd, "churn ", 6) == 0) {
+        if (L->driver_running) { /* producers are done by now: join */
+            pthread_join(L->driver, NULL);
+            L->driver_running = 0;
+        }
+        if (L->churning) {
+            sg_buf_printf(out, "E churn already running");
+            return;
+        }
+        L->churn_pct = strtod(cmd + 6, NULL);
+        atomic_store(&L->churn_on, 1);
+        L->churning = 1;
+        for (unsigned t = 0; t < L->nthreads; t++) {
+            sg_worker_t *w = &L->workers[t];
+            if (pthread_create(&w->thread, NULL, sg_churn_main, w) != 0) {
+                sg_local_churn_stop(L);
+                atomic_fetch_add(&L->api_errors, 1);
+                sg_buf_printf(out, "E cannot start churn thread %u", t);
+                return;
+            }
+            w->running = 1;
+        }
+        sg_buf_printf(out, "ok");
+    } else if (strcmp(cmd, "churnstop") == 0) {
+        sg_local_churn_stop(L);
+        uint64_t ops = 0;
+        for (unsigned t = 0; t < L->nthreads; t++)
+            ops += atomic_load(&L->workers[t].churn_ops);
+        sg_buf_printf(out, "ok %" PRIu64, ops);
+    } else if (strncmp(cmd, "flush ", 6) == 0) {
+        double ms = strtod(cmd + 6, NULL);
+        int rc = sg_local_flush(L, sg_now() + ms / 1000.0);
+        uint64_t pending = 0;
+        for (unsigned k = 0; k < L->created; k++) {
+            mpx_stats_t st;
+            if (mpx_stats(L->servers[k].mpx, &st) == 0)
+                pending += st.pending;
+        }
+        sg_buf_printf(out, "F %d %" PRIu64, rc, pending);
+    } else if (strncmp(cmd, "sample ", 7) == 0) {
+        size_t n = (size_t)strtoull(cmd + 7, NULL, 10);
+        if (n > cfg->sparks)
+            n = (size_t)cfg->sparks;
+        mpx_list_t *servers = NULL;
+        int src = L->created ? mpx_servers(L->servers[0].mpx, 1, &servers) : MPX_ESTATE;
+        if (src != 0 && L->created)
+            sg_api_error(&L->api_errors, "mpx_servers", src);
+        sg_buf_printf(out, "L %d %zu", src, servers ? servers->count : (size_t)0);
+        mpx_list_free(servers);
+        if (n == 0 || !L->created)
+            return;
+        char(*ids)[SG_ID_CAP] = malloc(n * sizeof *ids);
+        const void **ptrs = malloc(n * sizeof *ptrs);
+        size_t *lens = malloc(n * sizeof *lens);
+        mpx_list_t *list = NULL;
+        int rc = MPX_ENOMEM;
+        if (ids && ptrs && lens) {
+            uint64_t state = sg_sample_seed(cfg->seed);
+            for (size_t k = 0; k < n; k++) {
+                lens[k] = sg_spark_id(sg_sample_next(&state, cfg->sparks), ids[k]);
+                ptrs[k] = ids[k];
+            }
+            rc = mpx_sparks(L->servers[0].mpx, (const void *const *)ptrs, lens, n, &list);
+        }
+        if (rc != 0)
+            sg_api_error(&L->api_errors, "mpx_sparks (sample)", rc);
+        for (size_t k = 0; k < n; k++) {
+            int v = -3;
+            if (rc == 0 && list && k < list->count) {
+                v = list->items[k] ? sg_address_server(list->items[k], cfg->servers) : -1;
+                if (v < 0 && list->items[k])
+                    v = -2;
+            }
+            sg_buf_printf(out, " %d", v);
+        }
+        mpx_list_free(list);
+        free(ids);
+        free(ptrs);
+        free(lens);
+    } else if (strcmp(cmd, "unregister") == 0) {
+        unsigned failures = 0;
+        for (unsigned k = 0; k < L->created; k++) {
+            sg_server_t *s = &L->servers[k];
+            if (!s->registered)
+                continue;
+            int rc = mpx_unregister(s->mpx);
+            s->registered = 0;
+            if (rc != 0) {
+                char what[128];
+                snprintf(what, sizeof what, "mpx_unregister(%s)", s->address);
+                sg_api_error(&L->api_errors, what, rc);
+                failures++;
+            }
+        }
+        sg_buf_printf(out, "U %u", failures);
+    } else if (strcmp(cmd, "abort") == 0) {
+        atomic_store(&L->stop, 1);
+        sg_buf_printf(out, "ok");
+    } else {
+        sg_buf_printf(out, "E unknown command '%s'", cmd);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Run state (the parent)                                                   */
+
+/* A node as the parent sees it: in this process, or a child process. */
+typedef struct sg_node {
+    int remote;
+    unsigned first, count; /* its servers */
+    sg_local_t *local;     /* in this process */
+    sg_buf_t reply;        /* in this process: the last answer */
+    pid_t pid;             /* child */
+    int cmd_fd;            /* child: commands go here */
+    sg_lr_t lr;            /* child: answers come from here */
+    int pending;           /* a command was sent, its answer not read yet */
+    int dead;              /* takes no more commands (killed, exited, broken) */
+    int failed;            /* it stopped answering (reported) */
+    int killed;            /* SIGKILLed on purpose */
+    int waited;            /* child reaped with waitpid */
+    int wstatus;
+    int have_info;
+    sg_ninfo_t info;       /* the last "stats" answer */
+    char last_cmd[32];
+} sg_node_t;
+
+/* The parent's view of each server. */
+typedef struct sg_srv {
+    char address[64];
+    uint64_t expected;
+    unsigned node;
+    int killed;
+    uint64_t sparks_at_kill; /* SCARD of its set just before SIGKILL */
+} sg_srv_t;
+
+enum {
+    SG_PHASE_SETUP = 0,
+    SG_PHASE_CONNECT,
+    SG_PHASE_STAY,
+    SG_PHASE_FLUSH,
+    SG_PHASE_VERIFY,
+    SG_PHASE_UNREGISTER,
+    SG_PHASE_DONE
+};
+
+/* Measurements, filled by the phases, printed by the report. */
+typedef struct sg_metrics {
+    int reached; /* highest phase reached, SG_PHASE_* */
+    double register_s, connect_s, commit_s, stay_s, flush_s, verify_s, unregister_s;
+    int connected;     /* every node connected and flushed its sparks */
+    uint64_t connect_calls;
+    long long redis_mem_before, redis_mem_after; /* -1: unknown */
+    long long rss_delta_kb;                      /* summed over the nodes; -1: unknown */
+    long long maxrss_kb;                         /* largest of the processes */
+    mpx_stats_t stats;  /* summed over all servers, before unregister */
+    double churn_s;
+    uint64_t churn_ops;
+    unsigned killed;
+    uint64_t killed_sparks; /* in their sets when they were killed */
+    double reap_ms;         /* -1: nothing killed or not reaped in time */
+    int verified;           /* the whole verify ran */
+    uint64_t ids_checked;
+} sg_metrics_t;
+
+typedef struct sg_run {
+    sg_config_t cfg;
+    mpx__redis_endpoint_t ep; /* parsed --redis / throwaway URL */
+    char url_text[512];  /* the Redis URL in use */
+    char url_shown[512]; /* the same with any password replaced by "***" */
+    char nsc[MPX_NAMESPACE_MAX + 2]; /* namespace followed by ':' */
+
+    redis_proc_t rp;
+    int own_redis;
+    atomic_int redis_pid; /* for the emergency kill on a second signal */
+
+    redisContext *rc; /* check connection; main thread only */
+    int rc_lost_noted; /* "cannot reconnect" recorded once */
+    int no_smismember; /* Redis < 6.2: SISMEMBER one by one */
+
+    pid_t parent_pid;
+    sg_node_t *nodes;
+    unsigned nnodes, nodes_created;
+    sg_srv_t *srv;
+    int registered; /* the survivors are registered */
+
+    atomic_uint_fast64_t api_errors; /* the parent's own failures */
+
+    uint64_t mismatches;
+    int shown;
+    char shown_text[SG_SHOWN_MAX][256];
+
+    atomic_int stop_sig; /* signal that asked us to stop, or 0 */
+    atomic_int sig_done;
+    pthread_t sig_thread;
+    int sig_thread_started;
+
+    struct {
+        double t0, last_t;
+        uint64_t last_queued;
+        int printed;
+    } prog;
+
+    sg_metrics_t m;
+} sg_run_t;
+
+static int sg_stopping(sg_run_t *r)
+{
+    return atomic_load_explicit(&r->stop_sig, memory_order_relaxed) != 0;
+}
+
+/* Record a check failure; the first SG_SHOWN_MAX are kept for the report. */
+static void sg_mismatch(sg_run_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void sg_mismatch(sg_run_t *r, const char *fmt, ...)
+{
+    r->mismatches++;
+    if (r->shown >= SG_SHOWN_MAX)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->shown_text[r->shown++], sizeof r->shown_text[0], fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Talking to nodes                                                         */
+
+static void sg_describe_status(int ws, char *buf, size_t cap)
+{
+    if (WIFEXITED(ws))
+        snprintf(buf, cap, "exited with status %d", WEXITSTATUS(ws));
+    else if (WIFSIGNALED(ws))
+        snprintf(buf, cap, "was killed by signal %d (%s)", WTERMSIG(ws),
+                 strsignal(WTERMSIG(ws)));
+    else
+        snprintf(buf, cap, "status 0x%x", ws);
+}
+
+/* A node stopped answering: count it (unless we killed it) and say why. */
+static void sg_node_failed(sg_run_t *r, sg_node_t *n, const char *why)
+{
+    if (n->dead)
+        return;
+    n->dead = 1;
+    if (n->killed)
+        return;
+    n->failed = 1;
+    atomic_fetch_add(&r->api_errors, 1);
+    char st[96] = "";
+    if (n->remote && !n->waited) {
+        int ws;
+        sg_sleep_ms(50); /* let a dying child finish */
+        if (waitpid(n->pid, &ws, WNOHANG) == n->pid) {
+            n->waited = 1;
+            n->wstatus = ws;
+            char d[80];
+            sg_describe_status(ws, d, sizeof d);
+            snprintf(st, sizeof st, " (it %s)", d);
+        }
+    }
+    if (n->remote)
+        sg_error("server %u process (pid %ld), command '%s': %s%s", n->first, (long)n->pid,
+                 n->last_cmd, why, st);
+    else
+        sg_error("node command '%s': %s", n->last_cmd, why);
+}
+
+static int sg_node_begin(sg_run_t *r, sg_node_t *n, const char *cmd)
+{
+    if (n->dead)
+        return -1;
+    snprintf(n->last_cmd, sizeof n->last_cmd, "%s", cmd);
+    if (!n->remote) {
+        sg_local_command(n->local, cmd, &n->reply);
+        n->pending = 1;
+        return 0;
+    }
+    char line[128];
+    int len = snprintf(line, sizeof line, "%s\n", cmd);
+    if (sg_write_all(n->cmd_fd, line, (size_t)len) != 0) {
+        sg_node_failed(r, n, strerror(errno));
+        return -1;
+    }
+    n->pending = 1;
+    return 0;
+}
+
+/* The answer to the command sent by sg_node_begin, or NULL (reported). */
+static const char *sg_node_end(sg_run_t *r, sg_node_t *n, int timeout_ms)
+{
+    if (!n->pending)
+        return NULL;
+    n->pending = 0;
+    if (n->dead)
+        return NULL;
+    char *line = n->reply.p ? n->reply.p : (char *)"";
+    if (n->remote) {
+        const char *why = "?";
+        line = sg_lr_next(&n->lr, timeout_ms, &why);
+        if (!line) {
+            sg_node_failed(r, n, why);
+            return NULL;
+        }
+    }
+    if (line[0] == 'E') {
+        atomic_fetch_add(&r->api_errors, 1);
+        sg_error("server %u%s, command '%s': %s", n->first, n->remote ? " process" : "",
+                 n->last_cmd, line + 1);
+    }
+    return line;
+}
+
+static const char *sg_node_call(sg_run_t *r, sg_node_t *n, const char *cmd, int timeout_ms)
+{
+    if (sg_node_begin(r, n, cmd) != 0)
+        return NULL;
+    return sg_node_end(r, n, timeout_ms);
+}
+
+typedef void (*sg_answer_fn)(sg_run_t *r, sg_node_t *n, const char *answer, void *arg);
+
+/* Send `cmd` to every live node, then collect the answers: the nodes work
+ * in parallel. `each` (may be NULL) sees each answer. */
+static void sg_nodes_all(sg_run_t *r, const char *cmd, int timeout_ms, sg_answer_fn each,
+                         void *arg)
+{
+    for (unsigned i = 0; i < r->nodes_created; i++)
+        if (!r->nodes[i].dead)
+            sg_node_begin(r, &r->nodes[i], cmd);
+    for (unsigned i = 0; i < r->nodes_created; i++) {
+        sg_node_t *n = &r->nodes[i];
+        if (!n->pending)
+            continue;
+        const char *a = sg_node_end(r, n, timeout_ms);
+        if (a && each)
+            each(r, n, a, arg);
+    }
+}
+
+static void sg_take_stats(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
+{
+    (void)arg;
+    sg_ninfo_t ni;
+    if (sg_ninfo_parse(a, &ni) != 0) {
+        sg_node_failed(r, n, "unreadable answer to 'stats'");
+        return;
+    }
+    n->info = ni;
+    n->have_info = 1;
+}
+
+/* Refresh every live node's info. */
+static void sg_nodes_stats(sg_run_t *r)
+{
+    sg_nodes_all(r, "stats", 30000, sg_take_stats, NULL);
+}
+
+/* Sum of the nodes' last infos (killed nodes: as last seen). */
+static void sg_nodes_sum(sg_run_t *r, sg_ninfo_t *sum)
+{
+    memset(sum, 0, sizeof *sum);
+    for (unsigned i = 0; i < r->nodes_created; i++) {
+        const sg_node_t *n = &r->nodes[i];
+        /* Error counts also come from the node's last words (shutdown). */
+        sum->api_errors += n->info.api_errors;
+        sum->bg_errors += n->info.bg_errors;
+        if (!n->have_info)
+            continue;
+        sum->calls += n->info.calls;
+        sum->call_errors += n->info.call_errors;
+        sum->churn_ops += n->info.churn_ops;
+        sg_stats_add(&sum->st, &n->info.st);
+    }
+}
+
+/* Errors of the whole run: the parent's plus every node's. */
+static uint64_t sg_errors(sg_run_t *r)
+{
+    sg_ninfo_t sum;
+    sg_nodes_sum(r, &sum);
+    return atomic_load(&r->api_errors) + sum.api_errors + sum.bg_errors;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -331,33 +1635,55 @@ static void sg_help(FILE *f)
 {
     fprintf(f,
 "Usage: " SG_NAME " [OPTION]...\n"
-"Simulate S servers, each a metroplex registry, connecting N sparks in total;\n"
-"check the result in Redis, stay registered for a while, unregister, check that\n"
-"nothing is left, and print a report (stdout). Progress goes to stderr.\n"
+"Simulate S servers, each a metroplex registry with its own address, fed by T\n"
+"producer threads, connecting N sparks in total; optionally churn sparks and\n"
+"crash servers for a while; then check that Redis holds exactly the expected\n"
+"mapping, unregister, check that nothing is left, and print a report (stdout).\n"
+"Progress and diagnostics go to stderr.\n"
 "\n"
-"  --redis URL        Redis to use, in the library's URL syntax:\n"
-"                     redis://[user:password@]host[:port][/db] or\n"
-"                     unix:///path[?db=N]; default: start a throwaway\n"
-"                     redis-server on a free port and stop it at the end\n"
-"  --servers S        simulated servers, 1..%u (default 4); server i has the\n"
-"                     address http://127.0.0.1:<%u+i>\n"
-"  --sparks N         sparks in total, 0..%llu (default 100000), spread evenly\n"
-"  --duration SEC     stay registered (heartbeating) SEC seconds after the\n"
-"                     check, 0..%u (default 0)\n"
-"  --interval MS      alive-key interval, %u..%u (default 300000)\n"
-"  --latency MS       heartbeat latency, 1..interval-1 (default 2000); the\n"
-"                     heartbeat runs every interval - latency ms\n"
-"  --namespace NS     key prefix (default \"metroplex\"); must be empty in Redis\n"
-"  --threads T        producer threads, 1..%u (default: one per server)\n"
-"  --seed N           seed of the spark ids and of the sample (default 1)\n"
-"  --no-verify        skip the checks after flush\n"
-"  -q, --quiet        no progress lines\n"
-"  -h, --help         this help\n"
+"  --redis URL          Redis to use, in the library's URL syntax:\n"
+"                       redis://[user:password@]host[:port][/db] or\n"
+"                       unix:///path[?db=N]; default: start a throwaway\n"
+"                       redis-server on a free port and stop it at the end\n"
+"  --servers S          simulated servers, 1..%u (default 4); server i has the\n"
+"                       address http://127.0.0.1:<%u+i>\n"
+"  --sparks N           sparks in total, 0..%llu (default 100000); spark i\n"
+"                       belongs to server i %% S\n"
+"  --threads T          producer threads, 1..%u (default: one per server);\n"
+"                       with --kill-servers each server process gets T/S of\n"
+"                       them (at least one)\n"
+"  --duration SEC       stay registered SEC seconds after connecting, 0..%u\n"
+"                       (default 0); churn and kills happen meanwhile\n"
+"  --churn PCT          during --duration, PCT %% of the sparks per second\n"
+"                       (0..100, decimals allowed) disconnect, and reconnect\n"
+"                       to the same server %.0f ms later\n"
+"  --kill-servers K     crash K of the S servers (0..S-1; the last K) the way a\n"
+"                       process crash leaves them: every server then runs in a\n"
+"                       child process of its own, and the K are SIGKILLed after\n"
+"                       their sparks are committed (half-way through\n"
+"                       --duration, or at once without it); the survivors must\n"
+"                       reap them. Reaping waits for the alive key to expire,\n"
+"                       so use a short interval, e.g.\n"
+"                       --kill-servers 2 --interval 2000 --latency 500\n"
+"  --id-format F        spark ids: primus (\"<ms timestamp>$<n>\", default),\n"
+"                       uuid (RFC 4122 version 4 text), long (%u bytes)\n"
+"  --seed N             seed of the spark ids, churn and sample (default 1)\n"
+"  --interval MS        alive-key interval, %u..%u (default 300000)\n"
+"  --latency MS         heartbeat latency, 1..interval-1 (default 2000); the\n"
+"                       heartbeat and reaping run every interval - latency ms\n"
+"  --namespace NS       key prefix (default \"metroplex\"); must be empty in Redis\n"
+"  --no-verify          skip the checks of Redis (the measurements remain)\n"
+"  --json               print the report as one JSON object on one line\n"
+"                       (stdout); the human-readable report goes to stderr\n"
+"  -q, --quiet          no progress lines or notes on stderr (errors only; with\n"
+"                       --json, no human-readable report either)\n"
+"  -h, --help           this help\n"
 "\n"
 "Exit status: 0 ok; 1 mismatches or library errors; 2 usage error, Redis\n"
 "unreachable or not startable, or namespace not empty; 128+N on signal N.\n",
-            SG_SERVERS_MAX, SG_BASE_PORT, (unsigned long long)SG_SPARKS_MAX,
-            SG_DURATION_MAX, SG_INTERVAL_MIN, SG_INTERVAL_MAX, SG_THREADS_MAX);
+            SG_SERVERS_MAX, SG_BASE_PORT, (unsigned long long)SG_SPARKS_MAX, SG_THREADS_MAX,
+            SG_DURATION_MAX, SG_CHURN_DELAY_MS, SG_LONG_LEN, SG_INTERVAL_MIN,
+            SG_INTERVAL_MAX);
 }
 
 static int sg_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -396,6 +1722,21 @@ static int sg_parse_u32(const char *opt, const char *s, uint32_t min, uint32_t m
     if (sg_parse_u64(opt, s, min, max, &v) != 0)
         return -1;
     *out = (uint32_t)v;
+    return 0;
+}
+
+static int sg_parse_pct(const char *opt, const char *s, double *out)
+{
+    char *end;
+    if (!s || !(isdigit((unsigned char)s[0]) || s[0] == '.'))
+        return sg_usage("%s: '%s' is not a non-negative number", opt, s ? s : "");
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || errno == ERANGE || !isfinite(v))
+        return sg_usage("%s: '%s' is not a non-negative number", opt, s);
+    if (v < 0 || v > 100)
+        return sg_usage("%s: %s is out of range (0..100)", opt, s);
+    *out = v;
     return 0;
 }
 
@@ -472,7 +1813,7 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
 {
     enum {
         O_REDIS = 256, O_SERVERS, O_SPARKS, O_DURATION, O_INTERVAL, O_LATENCY,
-        O_NAMESPACE, O_THREADS, O_SEED, O_NO_VERIFY
+        O_NAMESPACE, O_THREADS, O_SEED, O_NO_VERIFY, O_CHURN, O_ID_FORMAT, O_KILL, O_JSON
     };
     static const struct option longopts[] = {
         {"redis", required_argument, NULL, O_REDIS},
@@ -485,6 +1826,10 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         {"threads", required_argument, NULL, O_THREADS},
         {"seed", required_argument, NULL, O_SEED},
         {"no-verify", no_argument, NULL, O_NO_VERIFY},
+        {"churn", required_argument, NULL, O_CHURN},
+        {"id-format", required_argument, NULL, O_ID_FORMAT},
+        {"kill-servers", required_argument, NULL, O_KILL},
+        {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -499,8 +1844,12 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         .ns = "metroplex",
         .threads = 0,
         .seed = 1,
+        .churn_pct = 0,
+        .id_format = SG_ID_PRIMUS,
+        .kill = 0,
         .quiet = 0,
         .verify = 1,
+        .json = 0,
     };
     opterr = 0;
     optind = 1;
@@ -559,6 +1908,27 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         case O_NO_VERIFY:
             cfg->verify = 0;
             break;
+        case O_CHURN:
+            if (sg_parse_pct("--churn", optarg, &cfg->churn_pct))
+                return -1;
+            break;
+        case O_ID_FORMAT: {
+            int f = -1;
+            for (int k = 0; k < 3; k++)
+                if (strcmp(optarg, sg_id_names[k]) == 0)
+                    f = k;
+            if (f < 0)
+                return sg_usage("--id-format: '%s' is not one of primus, uuid, long", optarg);
+            cfg->id_format = f;
+            break;
+        }
+        case O_KILL:
+            if (sg_parse_u32("--kill-servers", optarg, 0, SG_SERVERS_MAX, &cfg->kill))
+                return -1;
+            break;
+        case O_JSON:
+            cfg->json = 1;
+            break;
         case 'q':
             cfg->quiet = 1;
             break;
@@ -578,6 +1948,12 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
     if (cfg->latency_ms >= cfg->interval_ms)
         return sg_usage("--latency (%" PRIu32 ") must be below --interval (%" PRIu32 ")",
                         cfg->latency_ms, cfg->interval_ms);
+    if (cfg->kill >= cfg->servers)
+        return sg_usage("--kill-servers (%" PRIu32 ") must leave a survivor to reap: "
+                        "at most --servers - 1 (%" PRIu32 ")",
+                        cfg->kill, cfg->servers - 1);
+    if (cfg->churn_pct > 0 && cfg->duration_s == 0)
+        return sg_usage("--churn needs --duration: sparks churn while it runs");
     if (cfg->threads == 0)
         cfg->threads = cfg->servers;
     return 0;
@@ -654,26 +2030,46 @@ static int sg_check_ready(sg_run_t *r, int record)
     return 0;
 }
 
-/* Run a command expecting an integer; SG_INT_FAIL on any failure (recorded). */
+/* Run a command expecting an integer; SG_INT_FAIL on any failure (recorded
+ * when `record`). */
 #define SG_INT_FAIL LLONG_MIN
-static long long sg_int(sg_run_t *r, const char *fmt, ...)
+static long long sg_vint(sg_run_t *r, int record, const char *fmt, va_list ap)
 {
-    if (!sg_check_ready(r, 1))
+    if (!sg_check_ready(r, record))
         return SG_INT_FAIL;
-    va_list ap;
-    va_start(ap, fmt);
     redisReply *rep = redisvCommand(r->rc, fmt, ap);
-    va_end(ap);
     long long v = SG_INT_FAIL;
-    if (!rep)
-        sg_mismatch(r, "'%s' failed: %s", fmt, r->rc->errstr);
-    else if (rep->type != REDIS_REPLY_INTEGER)
-        sg_mismatch(r, "'%s': unexpected reply type %d %s", fmt, rep->type,
-                    rep->str ? rep->str : "");
-    else
+    if (!rep) {
+        if (record)
+            sg_mismatch(r, "'%s' failed: %s", fmt, r->rc->errstr);
+    } else if (rep->type != REDIS_REPLY_INTEGER) {
+        if (record)
+            sg_mismatch(r, "'%s': unexpected reply type %d %s", fmt, rep->type,
+                        rep->str ? rep->str : "");
+    } else {
         v = rep->integer;
+    }
     if (rep)
         freeReplyObject(rep);
+    return v;
+}
+
+static long long sg_int(sg_run_t *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    long long v = sg_vint(r, 1, fmt, ap);
+    va_end(ap);
+    return v;
+}
+
+/* The same, failures not recorded (polling). */
+static long long sg_int_quiet(sg_run_t *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    long long v = sg_vint(r, 0, fmt, ap);
+    va_end(ap);
     return v;
 }
 
@@ -706,14 +2102,24 @@ static void sg_key_servers(const sg_run_t *r, char *key)
     snprintf(key, SG_KEY_CAP, "%sservers", r->nsc);
 }
 
-static void sg_key_server_set(const sg_run_t *r, const sg_server_t *s, char *key)
+static void sg_key_drains(const sg_run_t *r, char *key)
 {
-    snprintf(key, SG_KEY_CAP, "%s%s:sparks", r->nsc, s->address);
+    snprintf(key, SG_KEY_CAP, "%sdrains", r->nsc);
 }
 
-static void sg_key_alive(const sg_run_t *r, const sg_server_t *s, char *key)
+static void sg_key_server_set(const sg_run_t *r, unsigned s, char *key)
 {
-    snprintf(key, SG_KEY_CAP, "%s%s", r->nsc, s->address);
+    snprintf(key, SG_KEY_CAP, "%s%s:sparks", r->nsc, r->srv[s].address);
+}
+
+static void sg_key_alive(const sg_run_t *r, unsigned s, char *key)
+{
+    snprintf(key, SG_KEY_CAP, "%s%s", r->nsc, r->srv[s].address);
+}
+
+static void sg_key_lease(const sg_run_t *r, unsigned s, char *key)
+{
+    snprintf(key, SG_KEY_CAP, "%s%s:lease", r->nsc, r->srv[s].address);
 }
 
 /*
@@ -785,15 +2191,16 @@ static void *sg_signal_thread(void *arg)
             continue;
         int none = 0;
         if (atomic_compare_exchange_strong(&r->stop_sig, &none, sig)) {
-            fprintf(stderr, "sparkgen: %s received, stopping (send again to abort)\n",
+            sg_note("%s received, stopping (send again to abort)",
                     sig == SIGINT ? "SIGINT" : "SIGTERM");
             continue;
         }
-        /* Second signal: kill our redis-server by PID and leave now. */
+        /* Second signal: kill our redis-server by PID and leave now (the
+         * children die with us: PR_SET_PDEATHSIG). */
         pid_t pid = atomic_load(&r->redis_pid);
         if (pid > 0)
             kill(pid, SIGKILL);
-        static const char msg[] = "sparkgen: aborted\n";
+        static const char msg[] = "\nsparkgen: aborted\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
             /* nothing more to do */
         }
@@ -812,12 +2219,12 @@ static void sg_signals_early(void)
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    /* A dead Redis must show up as an error, not kill us before cleanup. */
+    /* A dead Redis or child must show up as an error, not kill us. */
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* Block SIGINT/SIGTERM in this and all later threads; start the taker. */
-static int sg_signals_start(sg_run_t *r)
+/* Block SIGINT/SIGTERM in this thread and all later threads and children. */
+static void sg_signals_block(sg_run_t *r)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -826,6 +2233,11 @@ static int sg_signals_start(sg_run_t *r)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (sg_early_signal)
         atomic_store(&r->stop_sig, (int)sg_early_signal);
+}
+
+/* Start the signal taker (after the children are forked). */
+static int sg_signals_start(sg_run_t *r)
+{
     if (pthread_create(&r->sig_thread, NULL, sg_signal_thread, r) != 0) {
         sg_error("cannot start the signal thread");
         return -1;
@@ -844,69 +2256,130 @@ static void sg_signals_stop(sg_run_t *r)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Process memory                                                           */
+/* Progress                                                                 */
 
-static long long sg_rss_kb(void)
+/*
+ * One progress line, at most once a second on a terminal (redrawn in place
+ * with \r) and once every 5 s otherwise (plain lines); never with --quiet.
+ * Refreshes the nodes' counters when it prints.
+ */
+static void sg_progress(sg_run_t *r, const char *phase, const char *extra)
 {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return -1;
-    char line[256];
-    long long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtoll(line + 6, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return kb;
+    if (sg_quiet)
+        return;
+    double now = sg_now();
+    if (now - (r->prog.last_t > 0 ? r->prog.last_t : r->prog.t0) < (sg_tty ? 1.0 : 5.0))
+        return;
+    sg_nodes_stats(r);
+    sg_ninfo_t sum;
+    sg_nodes_sum(r, &sum);
+    double dt = now - (r->prog.last_t > 0 ? r->prog.last_t : r->prog.t0);
+    uint64_t q = sum.st.queued;
+    double rate = dt > 0 && q >= r->prog.last_queued ? (double)(q - r->prog.last_queued) / dt
+                                                     : 0.0;
+    r->prog.last_t = now;
+    r->prog.last_queued = q;
+    long long mem = sg_redis_used_memory(r);
+    char b1[24], b2[24], b3[24], b4[24];
+    char line[320];
+    snprintf(line, sizeof line,
+             "%-7s %6.1fs  %s sparks/s  queued %s  committed %s  redis %s%s%s", phase,
+             now - r->prog.t0, sg_human_count(rate, b1, sizeof b1),
+             sg_human_count((double)q, b2, sizeof b2),
+             sg_human_count((double)sum.st.committed, b3, sizeof b3),
+             mem >= 0 ? sg_human_bytes((double)mem, b4, sizeof b4) : "?", extra ? "  " : "",
+             extra ? extra : "");
+    if (sg_tty) {
+        pthread_mutex_lock(&sg_out_mu);
+        fprintf(stderr, "\r\033[K%s: %s", sg_who, line);
+        fflush(stderr);
+        sg_line_drawn = 1;
+        pthread_mutex_unlock(&sg_out_mu);
+    } else {
+        sg_info("%s", line);
+    }
 }
 
-static long sg_maxrss_kb(void)
+/* Wipe the progress line (before the report). */
+static void sg_progress_end(void)
 {
-    struct rusage ru;
-    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+    sg_out_begin();
+    sg_out_end();
 }
 
 /* ------------------------------------------------------------------------ */
-/* Library callbacks                                                        */
+/* Child processes (--kill-servers)                                         */
 
-static void sg_on_error(mpx_t *mpx, int err, const char *message, void *data)
+/*
+ * The life of server s in its own process: create the node, register,
+ * answer "R <rc> <rss before>", then obey commands from the parent until
+ * "exit" (answered "X <api errors> <background errors>" once everything is
+ * destroyed) or until the parent goes away. Never returns.
+ */
+static void sg_child_main(sg_run_t *r, unsigned s, int cmd_fd, int rep_fd)
+    __attribute__((noreturn));
+static void sg_child_main(sg_run_t *r, unsigned s, int cmd_fd, int rep_fd)
 {
-    (void)mpx;
-    sg_server_t *s = data;
-    atomic_fetch_add(&s->bg_errors, 1);
-    fprintf(stderr, "sparkgen: server %u (%s): background error %s: %s\n", s->index,
-            s->address, mpx_err_name(err), message ? message : "");
-}
-
-static uint64_t sg_bg_errors(sg_run_t *r)
-{
-    uint64_t n = 0;
-    for (unsigned i = 0; i < r->servers_created; i++)
-        n += atomic_load(&r->servers[i].bg_errors);
-    return n;
-}
-
-static void sg_stats_sum(sg_run_t *r, mpx_stats_t *sum)
-{
-    memset(sum, 0, sizeof *sum);
-    for (unsigned i = 0; i < r->servers_created; i++) {
-        mpx_stats_t st;
-        if (mpx_stats(r->servers[i].mpx, &st) != 0)
-            continue;
-        sum->local_sparks += st.local_sparks;
-        sum->queued += st.queued;
-        sum->committed += st.committed;
-        sum->pending += st.pending;
-        sum->batches += st.batches;
-        sum->redis_errors += st.redis_errors;
-        sum->retries += st.retries;
-        sum->heartbeats += st.heartbeats;
-        sum->reaped_servers += st.reaped_servers;
-        sum->reaped_sparks += st.reaped_sparks;
-        sum->reregistered += st.reregistered;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != r->parent_pid)
+        _exit(SG_EXIT_FAIL);
+    snprintf(sg_who, sizeof sg_who, "sparkgen[server %u]", s);
+    sg_line_drawn = 0;
+    /* The parent's ends of the earlier children's pipes: if we kept them,
+     * those children would never see their parent close them. */
+    for (unsigned j = 0; j < s; j++) {
+        close(r->nodes[j].cmd_fd);
+        close(r->nodes[j].lr.fd);
     }
+    if (r->rc) {
+        redisFree(r->rc); /* our copy of the parent's check connection */
+        r->rc = NULL;
+    }
+    const sg_config_t *cfg = &r->cfg;
+    unsigned S = cfg->servers, T = cfg->threads;
+    unsigned nt = T / S + (s < T % S);
+    if (nt == 0)
+        nt = 1;
+    sg_local_t *L = NULL;
+    int rc = sg_local_create(cfg, r->url_text, s, 1, nt, s, S, &L);
+    sg_buf_t out = {0};
+    sg_buf_printf(&out, "R %d %lld\n", rc, L ? L->rss_before_kb : -1LL);
+    int ok = sg_write_all(rep_fd, out.p, out.len) == 0;
+    int code = rc;
+    sg_lr_t lr = {.fd = cmd_fd};
+    int said_exit = 0;
+    while (ok && rc == 0) {
+        const char *why;
+        char *line = sg_lr_next(&lr, -1, &why);
+        if (!line) { /* the parent is gone: stop without unregistering */
+            code = SG_EXIT_FAIL;
+            break;
+        }
+        if (strcmp(line, "exit") == 0) {
+            said_exit = 1;
+            break;
+        }
+        sg_local_command(L, line, &out);
+        sg_buf_printf(&out, "\n");
+        if (sg_write_all(rep_fd, out.p, out.len) != 0) {
+            code = SG_EXIT_FAIL;
+            break;
+        }
+    }
+    uint64_t api = 0, bg = 0;
+    sg_local_destroy(L, &api, &bg);
+    if (said_exit) {
+        sg_buf_clear(&out);
+        sg_buf_printf(&out, "X %" PRIu64 " %" PRIu64 "\n", api, bg);
+        if (sg_write_all(rep_fd, out.p, out.len) != 0)
+            code = SG_EXIT_FAIL;
+    }
+    sg_buf_free(&out);
+    free(lr.buf);
+    close(cmd_fd);
+    close(rep_fd);
+    fflush(stderr);
+    exit(code);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -926,7 +2399,7 @@ static int sg_phase_redis(sg_run_t *r)
         r->own_redis = 1;
         atomic_store(&r->redis_pid, (int)r->rp.pid);
         snprintf(r->url_text, sizeof r->url_text, "%s", r->rp.url);
-        sg_info(r, "started redis-server pid %ld at %s", (long)r->rp.pid, r->url_text);
+        sg_info("started redis-server pid %ld at %s", (long)r->rp.pid, r->url_text);
     } else {
         snprintf(r->url_text, sizeof r->url_text, "%s", r->cfg.redis_url);
     }
@@ -956,366 +2429,891 @@ static int sg_phase_redis(sg_run_t *r)
                  r->cfg.ns, r->url_shown, keys, hlen, nservers);
         return SG_EXIT_USAGE;
     }
+    /* SMISMEMBER needs Redis 6.2; older ones get SISMEMBER one by one. */
+    snprintf(key, sizeof key, "%ssparkgen-probe:sparks", r->nsc);
+    redisReply *rep = redisCommand(r->rc, "SMISMEMBER %s x", key);
+    r->no_smismember = !rep || rep->type != REDIS_REPLY_ARRAY;
+    if (rep)
+        freeReplyObject(rep);
     r->mismatches = 0; /* nothing above is a mismatch of this run */
     r->shown = 0;
     r->rc_lost_noted = 0;
     return 0;
 }
 
-/* Create and register the S servers. */
-static int sg_phase_register(sg_run_t *r)
+/* Create the nodes and register the servers: one node here, or (with
+ * --kill-servers) one child process per server. Exit code or 0. */
+static int sg_phase_nodes(sg_run_t *r)
 {
     const sg_config_t *cfg = &r->cfg;
-    r->servers = calloc(cfg->servers, sizeof *r->servers);
-    if (!r->servers) {
+    unsigned S = cfg->servers;
+    r->srv = calloc(S, sizeof *r->srv);
+    r->nnodes = cfg->kill ? S : 1;
+    r->nodes = calloc(r->nnodes, sizeof *r->nodes);
+    if (!r->srv || !r->nodes) {
         sg_error("out of memory");
         return SG_EXIT_FAIL;
     }
-    /* RSS from before mpx_create: the tables are presized (size_hint). */
-    r->m.rss_before_kb = sg_rss_kb();
+    for (unsigned s = 0; s < S; s++) {
+        sg_address(s, r->srv[s].address, sizeof r->srv[s].address);
+        r->srv[s].expected = sg_expected(cfg, s);
+        r->srv[s].node = cfg->kill ? s : 0;
+    }
+    r->registered = 1; /* from now on, some may be */
     double t0 = sg_now();
-    for (unsigned i = 0; i < cfg->servers; i++) {
-        sg_server_t *s = &r->servers[i];
-        s->run = r;
-        s->index = i;
-        atomic_init(&s->bg_errors, 0);
-        snprintf(s->address, sizeof s->address, "http://127.0.0.1:%u", SG_BASE_PORT + i);
-        s->expected = cfg->sparks / cfg->servers + (i < cfg->sparks % cfg->servers);
-
-        mpx_options_t o;
-        mpx_options_init(&o);
-        o.redis_url = r->url_text;
-        o.ns = cfg->ns;
-        o.interval_ms = cfg->interval_ms;
-        o.latency_ms = cfg->latency_ms;
-        o.lease_ms = cfg->interval_ms < SG_LEASE_DEFAULT_MS ? cfg->interval_ms
-                                                            : SG_LEASE_DEFAULT_MS;
-        o.size_hint = (size_t)s->expected;
-        o.on_error = sg_on_error;
-        o.on_error_data = s;
-        int rc = mpx_create(&o, &s->mpx);
-        if (rc != 0) {
-            char what[96];
-            snprintf(what, sizeof what, "mpx_create (server %u)", i);
-            sg_api_error(r, what, rc);
-            return rc == MPX_EINVAL ? SG_EXIT_USAGE : SG_EXIT_FAIL;
+    if (!cfg->kill) {
+        sg_node_t *n = &r->nodes[0];
+        n->first = 0;
+        n->count = S;
+        n->cmd_fd = n->lr.fd = -1;
+        r->nodes_created = 1;
+        int rc = sg_local_create(cfg, r->url_text, 0, S, cfg->threads, 0, 1, &n->local);
+        if (rc != 0)
+            return rc;
+    } else {
+        r->parent_pid = getpid();
+        for (unsigned s = 0; s < S; s++) {
+            sg_node_t *n = &r->nodes[s];
+            int cmd[2], rep[2];
+            if (pipe2(cmd, O_CLOEXEC) != 0) {
+                sg_error("pipe: %s", strerror(errno));
+                return SG_EXIT_FAIL;
+            }
+            if (pipe2(rep, O_CLOEXEC) != 0) {
+                sg_error("pipe: %s", strerror(errno));
+                close(cmd[0]);
+                close(cmd[1]);
+                return SG_EXIT_FAIL;
+            }
+            fflush(stdout);
+            fflush(stderr);
+            pid_t pid = fork();
+            if (pid < 0) {
+                sg_error("fork: %s", strerror(errno));
+                close(cmd[0]);
+                close(cmd[1]);
+                close(rep[0]);
+                close(rep[1]);
+                return SG_EXIT_FAIL;
+            }
+            if (pid == 0) {
+                close(cmd[1]);
+                close(rep[0]);
+                sg_child_main(r, s, cmd[0], rep[1]);
+            }
+            close(cmd[0]);
+            close(rep[1]);
+            n->remote = 1;
+            n->first = s;
+            n->count = 1;
+            n->pid = pid;
+            n->cmd_fd = cmd[1];
+            n->lr.fd = rep[0];
+            snprintf(n->last_cmd, sizeof n->last_cmd, "(start)");
+            r->nodes_created++;
         }
-        r->servers_created++;
-        rc = mpx_register(s->mpx, s->address);
-        if (rc != 0) {
-            char what[128];
-            snprintf(what, sizeof what, "mpx_register(%s)", s->address);
-            sg_api_error(r, what, rc);
-            if (rc == MPX_ECONN || rc == MPX_ETIMEDOUT || rc == MPX_EADDRINUSE)
-                return SG_EXIT_USAGE;
-            return SG_EXIT_FAIL;
+        /* Registration blocks at most about connect + 3 x command timeout. */
+        int status = 0;
+        for (unsigned s = 0; s < S; s++) {
+            sg_node_t *n = &r->nodes[s];
+            const char *why = "?";
+            char *line = sg_lr_next(&n->lr, 120000, &why);
+            int rc = -1;
+            long long rss = -1;
+            if (!line || sscanf(line, "R %d %lld", &rc, &rss) != 2) {
+                sg_node_failed(r, n, line ? "unreadable first answer" : why);
+                status = SG_EXIT_FAIL;
+                continue;
+            }
+            if (rc != 0) {
+                n->dead = 1; /* it said why and exits */
+                n->failed = 1;
+                atomic_fetch_add(&r->api_errors, 1);
+                if (rc > status)
+                    status = rc;
+            }
         }
-        s->registered = 1;
-        if (sg_stopping(r))
-            return SG_EXIT_FAIL;
+        if (status)
+            return status;
     }
     r->m.register_s = sg_now() - t0;
     /* Redis memory from after registration: only the sparks count. */
     r->m.redis_mem_before = sg_redis_used_memory(r);
-    sg_info(r, "registered %u servers in %.3f s", cfg->servers, r->m.register_s);
+    sg_info("registered %u servers in %.3f s%s", S, r->m.register_s,
+            cfg->kill ? " (one process each)" : "");
     return 0;
 }
 
-static void *sg_producer_main(void *arg)
+static void sg_expect_ok(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
 {
-    sg_producer_t *p = arg;
-    sg_run_t *r = p->run;
-    const uint64_t n = r->cfg.sparks, step = r->cfg.threads, seed = r->cfg.seed;
-    char id[SG_ID_CAP];
-    for (uint64_t i = p->index; i < n; i += step) {
-        if ((p->calls & 4095) == 0 &&
-            (sg_stopping(r) || atomic_load_explicit(&r->producers_abort,
-                                                    memory_order_relaxed)))
-            break;
-        size_t len = sg_spark_id(seed, i, id);
-        sg_server_t *s = &r->servers[sg_server_of(r, i)];
-        int rc = mpx_connect(s->mpx, id, len);
-        p->calls++;
-        if (rc != 0) {
-            p->errors++;
-            if (p->errors <= 3) {
-                char what[160];
-                snprintf(what, sizeof what, "mpx_connect(%s) on server %u", id, s->index);
-                sg_api_error(r, what, rc);
-            } else {
-                atomic_fetch_add(&r->api_errors, 1);
-            }
-            if (rc == MPX_ECLOSED || rc == MPX_ENOMEM)
-                break;
+    (void)n;
+    int *failed = arg;
+    if (strncmp(a, "ok", 2) != 0) {
+        if (a[0] != 'E') { /* E answers are reported by sg_node_end */
+            atomic_fetch_add(&r->api_errors, 1);
+            sg_error("unexpected answer '%.60s'", a);
         }
+        if (failed)
+            *failed = 1;
     }
-    return NULL;
 }
 
+/* Connect every spark, then each node flushes; timings come from the
+ * nodes' clocks (CLOCK_MONOTONIC is system-wide). */
 static int sg_phase_connect(sg_run_t *r)
 {
-    unsigned t = r->cfg.threads;
-    sg_producer_t *prod = calloc(t, sizeof *prod);
-    if (!prod) {
-        sg_error("out of memory");
-        return SG_EXIT_FAIL;
-    }
     r->m.reached = SG_PHASE_CONNECT;
-    unsigned started = 0;
-    int status = 0;
-    double t0 = sg_now();
-    for (; started < t; started++) {
-        prod[started].run = r;
-        prod[started].index = started;
-        if (pthread_create(&prod[started].thread, NULL, sg_producer_main,
-                           &prod[started]) != 0) {
-            sg_error("cannot start producer thread %u", started);
-            atomic_store(&r->producers_abort, 1);
-            status = SG_EXIT_FAIL;
-            break;
+    r->prog.t0 = sg_now();
+    r->prog.last_t = 0;
+    r->prog.last_queued = 0;
+    int failed = 0;
+    sg_nodes_all(r, "connect", 30000, sg_expect_ok, &failed);
+    int aborted = 0;
+    for (;;) {
+        if (sg_stopping(r) && !aborted) {
+            sg_nodes_all(r, "abort", 30000, NULL, NULL);
+            aborted = 1;
         }
+        sg_nodes_stats(r);
+        int done = 1;
+        for (unsigned i = 0; i < r->nodes_created; i++) {
+            const sg_node_t *n = &r->nodes[i];
+            if (!n->dead && n->info.state != SG_NS_FLUSHED && n->info.state != SG_NS_FAILED)
+                done = 0;
+        }
+        if (done)
+            break;
+        sg_progress(r, "connect", NULL);
+        sg_sleep_ms(100);
     }
-    uint64_t errors = 0;
-    for (unsigned i = 0; i < started; i++) {
-        pthread_join(prod[i].thread, NULL);
-        r->m.connect_calls += prod[i].calls;
-        errors += prod[i].errors;
+    double t_start = 0, t_conn = 0, t_flushed = 0;
+    long long rss = 0;
+    int connected = !failed;
+    for (unsigned i = 0; i < r->nodes_created; i++) {
+        const sg_node_t *n = &r->nodes[i];
+        if (n->dead || n->info.state != SG_NS_FLUSHED)
+            connected = 0;
+        if (n->dead || !n->have_info)
+            continue;
+        if (t_start == 0 || n->info.t_start < t_start)
+            t_start = n->info.t_start;
+        if (n->info.t_conn_end > t_conn)
+            t_conn = n->info.t_conn_end;
+        if (n->info.t_flushed > t_flushed)
+            t_flushed = n->info.t_flushed;
+        r->m.connect_calls += n->info.calls;
+        if (rss >= 0 && n->info.rss_before_kb >= 0 && n->info.rss_after_kb >= 0)
+            rss += n->info.rss_after_kb - n->info.rss_before_kb;
+        else
+            rss = -1;
     }
-    r->m.connect_s = sg_now() - t0;
-    free(prod);
-    if (errors)
-        sg_error("%" PRIu64 " mpx_connect calls failed", errors);
-    sg_info(r, "connect: %" PRIu64 " calls in %.3f s (%.0f/s) with %u threads",
+    r->m.connected = connected;
+    r->m.connect_s = t_conn > t_start ? t_conn - t_start : 0;
+    r->m.commit_s = t_flushed > t_start ? t_flushed - t_start : 0;
+    r->m.rss_delta_kb = connected ? rss : -1;
+    r->m.redis_mem_after = sg_redis_used_memory(r);
+    sg_info("connect: %" PRIu64 " calls in %.3f s (%.0f/s) with %u threads; all committed "
+            "after %.3f s (%.0f/s)",
             r->m.connect_calls, r->m.connect_s,
-            r->m.connect_s > 0 ? (double)r->m.connect_calls / r->m.connect_s : 0.0, t);
-    return status ? status : (errors ? SG_EXIT_FAIL : 0);
+            r->m.connect_s > 0 ? (double)r->m.connect_calls / r->m.connect_s : 0.0,
+            r->cfg.threads, r->m.commit_s,
+            r->m.commit_s > 0 ? (double)r->cfg.sparks / r->m.commit_s : 0.0);
+    return connected ? 0 : SG_EXIT_FAIL;
 }
 
-static int sg_phase_flush(sg_run_t *r)
+typedef struct sg_flush_round {
+    int all_done;
+    int failed;
+    uint64_t pending;
+} sg_flush_round_t;
+
+static void sg_take_flush(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
 {
-    r->m.reached = SG_PHASE_FLUSH;
-    /* Generous: 30 s plus 1 s per 10000 sparks. */
-    double budget = 30.0 + (double)r->cfg.sparks / 10000.0;
-    double t0 = sg_now(), deadline = t0 + budget, last_note = t0;
+    sg_flush_round_t *fr = arg;
+    int rc;
+    unsigned long long pending;
+    if (sscanf(a, "F %d %llu", &rc, &pending) != 2) {
+        sg_node_failed(r, n, "unreadable answer to 'flush'");
+        fr->failed = 1;
+        return;
+    }
+    fr->pending += pending;
+    if (rc != 0)
+        fr->all_done = 0;
+    if (rc != 0 && rc != MPX_ETIMEDOUT)
+        fr->failed = 1; /* reported by the node */
+}
+
+/* Flush the live nodes in [from, to) within budget_s. 0 or -1 (reported). */
+static int sg_nodes_flush(sg_run_t *r, unsigned from, unsigned to, double budget_s,
+                          const char *phase)
+{
+    double deadline = sg_now() + budget_s;
+    for (;;) {
+        sg_flush_round_t fr = {1, 0, 0};
+        for (unsigned i = from; i < to; i++)
+            if (!r->nodes[i].dead)
+                sg_node_begin(r, &r->nodes[i], "flush 250");
+        for (unsigned i = from; i < to; i++) {
+            sg_node_t *n = &r->nodes[i];
+            if (!n->pending)
+                continue;
+            const char *a = sg_node_end(r, n, 30000);
+            if (a)
+                sg_take_flush(r, n, a, &fr);
+            else
+                fr.failed = 1;
+        }
+        if (fr.failed)
+            return -1;
+        if (fr.all_done)
+            return 0;
+        if (sg_stopping(r))
+            return -1;
+        if (sg_now() >= deadline) {
+            atomic_fetch_add(&r->api_errors, 1);
+            sg_error("%s: %" PRIu64 " changes still pending after %.0f s", phase, fr.pending,
+                     budget_s);
+            return -1;
+        }
+        char extra[64];
+        snprintf(extra, sizeof extra, "pending %" PRIu64, fr.pending);
+        sg_progress(r, phase, extra);
+    }
+}
+
+static void sg_take_churn_ops(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
+{
+    (void)r;
+    (void)n;
+    unsigned long long ops;
+    if (sscanf(a, "ok %llu", &ops) == 1)
+        *(uint64_t *)arg += ops;
+}
+
+/* Is Redis free of everything of the killed servers? Quiet polling: a
+ * failed call just means "not yet". */
+static int sg_check_ids_absent(sg_run_t *r, unsigned v);
+
+static int sg_reap_done(sg_run_t *r)
+{
+    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
+    sg_key_servers(r, key2);
+    for (unsigned v = 0; v < r->cfg.servers; v++) {
+        if (!r->srv[v].killed)
+            continue;
+        if (sg_int_quiet(r, "SISMEMBER %s %s", key2, r->srv[v].address) != 0)
+            return 0;
+        sg_key_alive(r, v, key);
+        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+            return 0;
+        sg_key_lease(r, v, key);
+        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+            return 0;
+        sg_key_server_set(r, v, key);
+        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+            return 0;
+    }
+    /* No cleanup of theirs still listed. */
+    sg_key_drains(r, key);
+    if (!sg_check_ready(r, 0))
+        return 0;
+    redisReply *rep = redisCommand(r->rc, "HVALS %s", key);
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        if (rep)
+            freeReplyObject(rep);
+        return 0;
+    }
+    int pending = 0;
+    for (size_t k = 0; k < rep->elements && !pending; k++) {
+        const redisReply *e = rep->element[k];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        int v = sg_address_server(e->str, r->cfg.servers);
+        if (v >= 0 && r->srv[v].killed)
+            pending = 1;
+    }
+    freeReplyObject(rep);
+    if (pending)
+        return 0;
+    /* And none of their sparks left in the hash. */
+    for (unsigned v = 0; v < r->cfg.servers; v++)
+        if (r->srv[v].killed && !sg_check_ids_absent(r, v))
+            return 0;
+    return 1;
+}
+
+/*
+ * Crash the last K servers: stop their churn, flush them (so every spark
+ * they hold is committed), note what they hold, then SIGKILL them all at
+ * once and reap the processes. Returns 0 or -1.
+ */
+static int sg_kill_servers(sg_run_t *r, double *t_kill)
+{
+    const sg_config_t *cfg = &r->cfg;
+    unsigned from = cfg->servers - cfg->kill, to = cfg->servers;
+    uint64_t ops = 0;
+    for (unsigned i = from; i < to; i++)
+        sg_node_begin(r, &r->nodes[i], "churnstop");
+    for (unsigned i = from; i < to; i++) {
+        const char *a = sg_node_end(r, &r->nodes[i], 60000);
+        if (a)
+            sg_take_churn_ops(r, &r->nodes[i], a, &ops);
+    }
+    r->m.churn_ops += ops;
+    if (sg_nodes_flush(r, from, to, 30.0 + (double)cfg->sparks / 10000.0, "kill") != 0)
+        return -1;
+    for (unsigned i = from; i < to; i++) /* their last counters */
+        if (sg_node_begin(r, &r->nodes[i], "stats") == 0) {
+            const char *a = sg_node_end(r, &r->nodes[i], 30000);
+            if (a)
+                sg_take_stats(r, &r->nodes[i], a, NULL);
+        }
+    char key[SG_KEY_CAP];
+    for (unsigned v = from; v < to; v++) {
+        sg_key_server_set(r, v, key);
+        long long n = sg_int(r, "SCARD %s", key);
+        r->srv[v].sparks_at_kill = n > 0 ? (uint64_t)n : 0;
+        r->m.killed_sparks += r->srv[v].sparks_at_kill;
+    }
+    for (unsigned i = from; i < to; i++) {
+        sg_node_t *n = &r->nodes[i];
+        if (n->dead)
+            return -1;
+    }
+    *t_kill = sg_now();
+    for (unsigned i = from; i < to; i++) {
+        sg_node_t *n = &r->nodes[i];
+        n->killed = 1;
+        n->dead = 1;
+        r->srv[n->first].killed = 1;
+        kill(n->pid, SIGKILL);
+    }
+    for (unsigned i = from; i < to; i++) {
+        sg_node_t *n = &r->nodes[i];
+        int ws;
+        while (waitpid(n->pid, &ws, 0) < 0 && errno == EINTR)
+            ;
+        n->waited = 1;
+        n->wstatus = ws;
+    }
+    r->m.killed = cfg->kill;
+    sg_info("killed %u server%s (SIGKILL; %" PRIu64 " sparks in Redis); waiting for the "
+            "survivors to reap them",
+            cfg->kill, cfg->kill == 1 ? "" : "s", r->m.killed_sparks);
+    return 0;
+}
+
+/*
+ * --duration seconds registered, with churn; kill and reap. Without
+ * --duration but with --kill-servers: kill at once and wait for the reap.
+ */
+static int sg_phase_stay(sg_run_t *r)
+{
+    const sg_config_t *cfg = &r->cfg;
+    if (cfg->duration_s == 0 && cfg->kill == 0)
+        return 0;
+    r->m.reached = SG_PHASE_STAY;
+    if (cfg->kill && cfg->interval_ms > 60000)
+        sg_warn("killed servers are reaped only once their alive key expired (--interval "
+                "%" PRIu32 " ms); for kill runs use e.g. --interval 2000 --latency 500",
+                cfg->interval_ms);
     int status = 0;
-    for (unsigned i = 0; i < r->cfg.servers && !status; i++) {
-        sg_server_t *s = &r->servers[i];
-        for (;;) {
-            int rc = mpx_flush(s->mpx, 250);
-            if (rc == 0)
-                break;
-            if (rc != MPX_ETIMEDOUT) {
-                char what[128];
-                snprintf(what, sizeof what, "mpx_flush on server %u", i);
-                sg_api_error(r, what, rc);
+    double t0 = sg_now(), t_end = t0 + cfg->duration_s;
+    int churning = 0;
+    if (cfg->churn_pct > 0) {
+        char cmd[64];
+        int failed = 0;
+        snprintf(cmd, sizeof cmd, "churn %.6f", cfg->churn_pct);
+        sg_nodes_all(r, cmd, 30000, sg_expect_ok, &failed);
+        churning = 1;
+        if (failed)
+            status = SG_EXIT_FAIL;
+        sg_info("churn: %.3g%% of the sparks per second for %" PRIu32 " s", cfg->churn_pct,
+                cfg->duration_s);
+    }
+    double kill_at = t0 + cfg->duration_s / 2.0;
+    int killed = 0, reaping = 0;
+    double t_kill = 0, reap_deadline = 0, next_poll = 0;
+    r->m.reap_ms = -1;
+    while (!sg_stopping(r) && !status) {
+        double now = sg_now();
+        if (cfg->kill && !killed && now >= kill_at) {
+            killed = 1;
+            if (sg_kill_servers(r, &t_kill) != 0) {
                 status = SG_EXIT_FAIL;
                 break;
             }
-            double now = sg_now();
-            if (sg_stopping(r)) {
-                status = SG_EXIT_FAIL;
-                break;
-            }
-            if (now >= deadline) {
-                mpx_stats_t st;
-                mpx_stats(s->mpx, &st);
-                atomic_fetch_add(&r->api_errors, 1);
-                sg_error("flush: server %u still has %" PRIu64
-                         " changes pending after %.0f s",
-                         i, st.pending, budget);
-                status = SG_EXIT_FAIL;
-                break;
-            }
-            if (now - last_note >= 1.0) {
-                mpx_stats_t st;
-                sg_stats_sum(r, &st);
-                sg_info(r, "flush: %" PRIu64 " committed, %" PRIu64 " pending",
-                        st.committed, st.pending);
-                last_note = now;
+            reaping = 1;
+            reap_deadline = t_kill + 3.0 * cfg->interval_ms / 1000.0 + SG_REAP_SLACK_S;
+            now = sg_now();
+        }
+        if (reaping && now >= next_poll) {
+            next_poll = now + 0.05;
+            if (sg_reap_done(r)) {
+                reaping = 0;
+                r->m.reap_ms = (now - t_kill) * 1000.0;
+                sg_info("reap: nothing of the %u killed server%s left in Redis %.0f ms "
+                        "after SIGKILL",
+                        cfg->kill, cfg->kill == 1 ? "" : "s", r->m.reap_ms);
+            } else if (now >= reap_deadline) {
+                reaping = 0;
+                sg_mismatch(r, "killed servers not reaped within %.0f s (3 x interval + %.0f s)",
+                            reap_deadline - t_kill, SG_REAP_SLACK_S);
             }
         }
+        if (churning && now >= t_end) {
+            uint64_t ops = 0;
+            sg_nodes_all(r, "churnstop", 60000, sg_take_churn_ops, &ops);
+            r->m.churn_ops += ops;
+            r->m.churn_s = sg_now() - t0;
+            churning = 0;
+        }
+        if (now >= t_end && (!cfg->kill || (killed && !reaping)))
+            break;
+        char extra[96] = "";
+        if (reaping)
+            snprintf(extra, sizeof extra, "reaping %.1fs", now - t_kill);
+        else if (now < t_end)
+            snprintf(extra, sizeof extra, "%.0f s left", t_end - now);
+        sg_progress(r, reaping ? "reap" : "stay", extra[0] ? extra : NULL);
+        sg_sleep_ms(reaping ? 10 : 50);
     }
-    r->m.flush_s = sg_now() - t0;
-    r->m.flushed = status == 0;
-    r->m.rss_after_kb = sg_rss_kb();
-    r->m.redis_mem_after = sg_redis_used_memory(r);
-    sg_stats_sum(r, &r->m.stats);
-    sg_info(r, "flush: %s in %.3f s", status ? "stopped" : "done", r->m.flush_s);
+    if (churning) {
+        uint64_t ops = 0;
+        sg_nodes_all(r, "churnstop", 60000, sg_take_churn_ops, &ops);
+        r->m.churn_ops += ops;
+        r->m.churn_s = sg_now() - t0;
+    }
+    r->m.stay_s = sg_now() - t0;
+    if (cfg->churn_pct > 0)
+        sg_info("churn: %" PRIu64 " disconnect+reconnect pairs in %.1f s (%.0f/s)",
+                r->m.churn_ops, r->m.churn_s,
+                r->m.churn_s > 0 ? (double)r->m.churn_ops / r->m.churn_s : 0.0);
     return status;
 }
 
-/* Check the registry in Redis after flush. */
+/* The survivors flush what the churn queued. */
+static int sg_phase_flush(sg_run_t *r)
+{
+    r->m.reached = SG_PHASE_FLUSH;
+    double t0 = sg_now();
+    int rc = sg_nodes_flush(r, 0, r->nodes_created, 30.0 + (double)r->cfg.sparks / 10000.0,
+                            "flush");
+    r->m.flush_s = sg_now() - t0;
+    return rc == 0 ? 0 : SG_EXIT_FAIL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Verification                                                             */
+
+/* What sg_check_ids found for one server's ids. */
+typedef struct sg_idcheck {
+    uint64_t in_hash; /* ids present in the hash, whatever their value */
+    uint64_t in_set;  /* ids present in the server's set (survivors) */
+    uint64_t bad;     /* mismatches found */
+    int failed;       /* a Redis call failed (recorded when `record`) */
+} sg_idcheck_t;
+
+/*
+ * Check every id of server v (indices v, v + S, v + 2S, ...), SG_CHUNK ids
+ * per round trip: HMGET of the hash must give v's address (or nothing if v
+ * was killed) and, for a survivor, SMISMEMBER of v's set must say 1.
+ * Mismatches are recorded when `record` is set; otherwise this only counts
+ * (polling) and stops at the first.
+ */
+static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
+{
+    const sg_config_t *cfg = &r->cfg;
+    const sg_srv_t *s = &r->srv[v];
+    memset(out, 0, sizeof *out);
+    if (s->expected == 0)
+        return;
+    char hkey[SG_KEY_CAP], skey[SG_KEY_CAP];
+    sg_key_sparks(r, hkey);
+    sg_key_server_set(r, v, skey);
+    size_t cap = SG_CHUNK;
+    char(*ids)[SG_ID_CAP] = malloc(cap * sizeof *ids);
+    const char **argv = malloc((cap + 2) * sizeof *argv);
+    size_t *lens = malloc((cap + 2) * sizeof *lens);
+    uint64_t *idx = malloc(cap * sizeof *idx);
+    if (!ids || !argv || !lens || !idx) {
+        out->failed = 1;
+        if (record)
+            sg_mismatch(r, "verify: out of memory");
+        goto done;
+    }
+    int check_set = !s->killed;
+    for (uint64_t j0 = 0; j0 < s->expected; j0 += cap) {
+        size_t n = s->expected - j0 < cap ? (size_t)(s->expected - j0) : cap;
+        for (size_t k = 0; k < n; k++) {
+            idx[k] = v + (uint64_t)cfg->servers * (j0 + k);
+            lens[k + 2] = sg_spark_id(idx[k], ids[k]);
+            argv[k + 2] = ids[k];
+        }
+        if (!sg_check_ready(r, record)) {
+            out->failed = 1;
+            goto done;
+        }
+        argv[0] = "HMGET";
+        lens[0] = 5;
+        argv[1] = hkey;
+        lens[1] = strlen(hkey);
+        redisAppendCommandArgv(r->rc, (int)(n + 2), argv, lens);
+        if (check_set && !r->no_smismember) {
+            argv[0] = "SMISMEMBER";
+            lens[0] = 10;
+            argv[1] = skey;
+            lens[1] = strlen(skey);
+            redisAppendCommandArgv(r->rc, (int)(n + 2), argv, lens);
+        } else if (check_set) {
+            for (size_t k = 0; k < n; k++)
+                redisAppendCommand(r->rc, "SISMEMBER %s %b", skey, ids[k], lens[k + 2]);
+        }
+        /* The hash. */
+        redisReply *rep = NULL;
+        if (redisGetReply(r->rc, (void **)&rep) != REDIS_OK || !rep ||
+            rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
+            if (record)
+                sg_mismatch(r, "HMGET %s (%zu ids of server %u) failed: %s", hkey, n, v,
+                            rep && rep->str ? rep->str : r->rc->errstr);
+            if (rep)
+                freeReplyObject(rep);
+            out->failed = 1;
+            redisFree(r->rc); /* replies may be left in flight */
+            r->rc = NULL;
+            goto done;
+        }
+        for (size_t k = 0; k < n; k++) {
+            const redisReply *e = rep->element[k];
+            int present = e->type == REDIS_REPLY_STRING;
+            out->in_hash += present;
+            int good = s->killed ? !present : present && strcmp(e->str, s->address) == 0;
+            if (good)
+                continue;
+            out->bad++;
+            if (!record)
+                continue;
+            char shown[96];
+            sg_id_shown(ids[k], lens[k + 2], shown, sizeof shown);
+            if (s->killed)
+                sg_mismatch(r, "spark %s (#%" PRIu64 ") of killed server %u still in %s -> %s",
+                            shown, idx[k], v, hkey, e->str);
+            else if (!present)
+                sg_mismatch(r, "spark %s (#%" PRIu64 ") missing from %s (expected %s)", shown,
+                            idx[k], hkey, s->address);
+            else
+                sg_mismatch(r, "spark %s (#%" PRIu64 "): %s says %s, expected %s", shown,
+                            idx[k], hkey, e->str, s->address);
+        }
+        freeReplyObject(rep);
+        /* The set. */
+        if (check_set) {
+            size_t replies = r->no_smismember ? n : 1;
+            for (size_t q = 0; q < replies; q++) {
+                rep = NULL;
+                if (redisGetReply(r->rc, (void **)&rep) != REDIS_OK || !rep ||
+                    (r->no_smismember ? rep->type != REDIS_REPLY_INTEGER
+                                      : rep->type != REDIS_REPLY_ARRAY || rep->elements != n)) {
+                    if (record)
+                        sg_mismatch(r, "membership check of %zu ids in %s failed: %s", n, skey,
+                                    rep && rep->str ? rep->str : r->rc->errstr);
+                    if (rep)
+                        freeReplyObject(rep);
+                    out->failed = 1;
+                    redisFree(r->rc);
+                    r->rc = NULL;
+                    goto done;
+                }
+                for (size_t k = 0; k < (r->no_smismember ? 1 : n); k++) {
+                    size_t id_k = r->no_smismember ? q : k;
+                    const redisReply *e = r->no_smismember ? rep : rep->element[k];
+                    if (e->type == REDIS_REPLY_INTEGER && e->integer == 1) {
+                        out->in_set++;
+                        continue;
+                    }
+                    out->bad++;
+                    if (record) {
+                        char shown[96];
+                        sg_id_shown(ids[id_k], lens[id_k + 2], shown, sizeof shown);
+                        sg_mismatch(r, "spark %s (#%" PRIu64 ") is not in %s", shown,
+                                    idx[id_k], skey);
+                    }
+                }
+                freeReplyObject(rep);
+            }
+        }
+    }
+done:
+    free(ids);
+    free(argv);
+    free(lens);
+    free(idx);
+}
+
+/* 1 if no id of server v is left in the hash (quiet). */
+static int sg_check_ids_absent(sg_run_t *r, unsigned v)
+{
+    sg_idcheck_t c;
+    sg_check_ids(r, v, 0, &c);
+    return !c.failed && c.in_hash == 0;
+}
+
+/*
+ * List what the hash (is_hash) or server v's set holds beyond the ids of
+ * this run that belong there, with HSCAN / SSCAN: one mismatch each.
+ * Returns how many were found.
+ */
+static uint64_t sg_list_unexpected(sg_run_t *r, const char *key, int is_hash, unsigned v)
+{
+    char cursor[32] = "0";
+    uint64_t found = 0;
+    unsigned long long visited = 0;
+    do {
+        if (!sg_check_ready(r, 1))
+            return found;
+        redisReply *rep = redisCommand(r->rc, "%s %s %s COUNT 1000", is_hash ? "HSCAN" : "SSCAN",
+                                       key, cursor);
+        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+            rep->element[0]->type != REDIS_REPLY_STRING ||
+            rep->element[1]->type != REDIS_REPLY_ARRAY) {
+            sg_mismatch(r, "%s %s failed", is_hash ? "HSCAN" : "SSCAN", key);
+            if (rep)
+                freeReplyObject(rep);
+            return found;
+        }
+        snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
+        const redisReply *items = rep->element[1];
+        size_t step = is_hash ? 2 : 1;
+        for (size_t k = 0; k + step <= items->elements; k += step) {
+            const redisReply *e = items->element[k];
+            if (e->type != REDIS_REPLY_STRING)
+                continue;
+            uint64_t i;
+            int ok = sg_spark_index(e->str, e->len, &i);
+            int expected = is_hash ? ok && !r->srv[i % r->cfg.servers].killed
+                                   : ok && i % r->cfg.servers == v;
+            if (expected)
+                continue;
+            found++;
+            char shown[96];
+            sg_id_shown(e->str, e->len, shown, sizeof shown);
+            if (is_hash) {
+                const redisReply *val = items->element[k + 1];
+                sg_mismatch(r, "unexpected field in %s: %s -> %s%s", key, shown,
+                            val->type == REDIS_REPLY_STRING ? val->str : "?",
+                            ok ? " (a spark of a killed server)" : "");
+            } else {
+                sg_mismatch(r, "unexpected member of %s: %s%s", key, shown,
+                            ok ? " (a spark of another server)" : "");
+            }
+        }
+        visited += 1000;
+        freeReplyObject(rep);
+    } while (strcmp(cursor, "0") != 0 && visited < SG_SCAN_MAX_KEYS);
+    return found;
+}
+
+typedef struct sg_sstats {
+    sg_run_t *r;
+    uint64_t reaped_servers;
+} sg_sstats_t;
+
+/* Check the library's counters of each server in a "sstats" answer. */
+static void sg_take_sstats(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
+{
+    sg_sstats_t *ss = arg;
+    unsigned count;
+    int used = 0;
+    if (sscanf(a, "P %u%n", &count, &used) != 1 || count > n->count) {
+        sg_node_failed(r, n, "unreadable answer to 'sstats'");
+        return;
+    }
+    const char *p = a + used;
+    for (unsigned k = 0; k < count; k++) {
+        mpx_stats_t st;
+        if (sg_stats_parse(&p, &st) != 0) {
+            sg_node_failed(r, n, "unreadable answer to 'sstats'");
+            return;
+        }
+        unsigned v = n->first + k;
+        const sg_srv_t *s = &r->srv[v];
+        ss->reaped_servers += st.reaped_servers;
+        if (st.local_sparks != s->expected || st.pending != 0)
+            sg_mismatch(r,
+                        "server %u counters: local_sparks %" PRIu64 ", pending %" PRIu64
+                        "; expected %" PRIu64 ", 0",
+                        v, st.local_sparks, st.pending, s->expected);
+        /* Without churn, each spark was changed once. */
+        if (r->cfg.churn_pct == 0 && st.queued != s->expected)
+            sg_mismatch(r, "server %u counters: queued %" PRIu64 ", expected %" PRIu64, v,
+                        st.queued, s->expected);
+    }
+}
+
+/* Check the registry in Redis: exactly the expected mapping. */
 static void sg_phase_verify(sg_run_t *r)
 {
     r->m.reached = SG_PHASE_VERIFY;
     const sg_config_t *cfg = &r->cfg;
+    unsigned S = cfg->servers;
     double t0 = sg_now();
-    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
     uint64_t before = r->mismatches;
-
-    /* 1. the hash holds exactly N ids */
+    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
     sg_key_sparks(r, key);
-    long long hlen = sg_int(r, "HLEN %s", key);
-    if (hlen >= 0 && (uint64_t)hlen != cfg->sparks)
-        sg_mismatch(r, "HLEN %s = %lld, expected %" PRIu64, key, hlen, cfg->sparks);
-
-    /* 2. each server: its set size, membership in the servers set, alive key */
     sg_key_servers(r, key2);
-    long long nservers = sg_int(r, "SCARD %s", key2);
-    if (nservers >= 0 && nservers != (long long)cfg->servers)
-        sg_mismatch(r, "SCARD %s = %lld, expected %u", key2, nservers, cfg->servers);
-    for (unsigned i = 0; i < cfg->servers; i++) {
-        sg_server_t *s = &r->servers[i];
-        sg_key_server_set(r, s, key);
-        long long n = sg_int(r, "SCARD %s", key);
-        if (n >= 0 && (uint64_t)n != s->expected)
-            sg_mismatch(r, "SCARD %s = %lld, expected %" PRIu64, key, n, s->expected);
-        long long in = sg_int(r, "SISMEMBER %s %s", key2, s->address);
-        if (in == 0)
-            sg_mismatch(r, "%s is not in %s", s->address, key2);
-        sg_key_alive(r, s, key);
-        long long pttl = sg_int(r, "PTTL %s", key);
-        if (pttl != SG_INT_FAIL && (pttl <= 0 || pttl > (long long)cfg->interval_ms))
-            sg_mismatch(r, "alive key %s: PTTL %lld, expected 1..%u", key, pttl,
-                        cfg->interval_ms);
 
-        mpx_stats_t st;
-        if (mpx_stats(s->mpx, &st) == 0 &&
-            (st.local_sparks != s->expected || st.queued != s->expected || st.pending))
-            sg_mismatch(r,
-                        "server %u stats: local_sparks %" PRIu64 ", queued %" PRIu64
-                        ", pending %" PRIu64 "; expected %" PRIu64 ", %" PRIu64 ", 0",
-                        i, st.local_sparks, st.queued, st.pending, s->expected,
-                        s->expected);
+    /* 1. every id: in the hash with the right address (or gone with its
+     *    killed server), in its server's set; then the sizes, listing any
+     *    entry beyond the expected ones */
+    uint64_t live = 0, in_hash = 0;
+    unsigned alive_servers = 0;
+    for (unsigned v = 0; v < S && !sg_stopping(r); v++) {
+        const sg_srv_t *s = &r->srv[v];
+        sg_idcheck_t c;
+        sg_check_ids(r, v, 1, &c);
+        in_hash += c.in_hash;
+        r->m.ids_checked += s->expected;
+        char skey[SG_KEY_CAP];
+        sg_key_server_set(r, v, skey);
+        if (s->killed) {
+            long long e = sg_int(r, "EXISTS %s", skey);
+            if (e > 0)
+                sg_mismatch(r, "%s of killed server %u still exists (SCARD %lld)", skey, v,
+                            sg_int(r, "SCARD %s", skey));
+            continue;
+        }
+        alive_servers++;
+        live += s->expected;
+        long long card = sg_int(r, "SCARD %s", skey);
+        if (card != SG_INT_FAIL && (uint64_t)card != s->expected)
+            sg_mismatch(r, "SCARD %s = %lld, expected %" PRIu64, skey, card, s->expected);
+        if (card != SG_INT_FAIL && !c.failed && (uint64_t)card > c.in_set)
+            sg_list_unexpected(r, skey, 0, v);
+        char extra[64];
+        snprintf(extra, sizeof extra, "server %u/%u", v + 1, S);
+        sg_progress(r, "verify", extra);
     }
+    long long hlen = sg_int(r, "HLEN %s", key);
+    if (hlen != SG_INT_FAIL && (uint64_t)hlen != live)
+        sg_mismatch(r, "HLEN %s = %lld, expected %" PRIu64, key, hlen, live);
+    if (hlen != SG_INT_FAIL && (uint64_t)hlen > in_hash)
+        sg_list_unexpected(r, key, 1, 0);
 
-    /* 3. a sample of ids: through HMGET and through the library */
-    size_t n = cfg->sparks < SG_SAMPLE ? (size_t)cfg->sparks : SG_SAMPLE;
-    if (n > 0) {
-        char(*ids)[SG_ID_CAP] = malloc(n * sizeof *ids);
-        uint64_t *idx = malloc(n * sizeof *idx);
-        const char **argv = malloc((n + 2) * sizeof *argv);
-        size_t *lens = malloc((n + 2) * sizeof *lens);
-        if (!ids || !idx || !argv || !lens) {
-            sg_mismatch(r, "sample: out of memory");
-            goto sample_done;
-        }
-        uint64_t state = cfg->seed ^ 0x5a17c0de5a17c0deull;
-        for (size_t k = 0; k < n; k++) {
-            state = sg_mix64(state);
-            idx[k] = state % cfg->sparks;
-            lens[k + 2] = sg_spark_id(cfg->seed, idx[k], ids[k]);
-            argv[k + 2] = ids[k];
-        }
-        sg_key_sparks(r, key);
-        argv[0] = "HMGET";
-        lens[0] = 5;
-        argv[1] = key;
-        lens[1] = strlen(key);
-        redisReply *rep = sg_check_ready(r, 1)
-                              ? redisCommandArgv(r->rc, (int)(n + 2), argv, lens)
-                              : NULL;
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
-            sg_mismatch(r, "HMGET of %zu sample ids failed: %s", n,
-                        rep ? (rep->str ? rep->str : "bad reply")
-                            : (r->rc ? r->rc->errstr : "no connection"));
+    /* 2. the servers set: exactly the survivors */
+    if (sg_check_ready(r, 1)) {
+        redisReply *rep = redisCommand(r->rc, "SMEMBERS %s", key2);
+        if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+            sg_mismatch(r, "SMEMBERS %s failed", key2);
         } else {
-            for (size_t k = 0; k < n; k++) {
-                const sg_server_t *s = &r->servers[sg_server_of(r, idx[k])];
-                redisReply *e = rep->element[k];
-                if (e->type != REDIS_REPLY_STRING || strcmp(e->str, s->address) != 0)
-                    sg_mismatch(r, "HGET %s %s = %s, expected %s", key, ids[k],
-                                e->type == REDIS_REPLY_STRING ? e->str : "(nil)",
-                                s->address);
+            unsigned listed = 0;
+            for (size_t k = 0; k < rep->elements; k++) {
+                const redisReply *e = rep->element[k];
+                int v = e->type == REDIS_REPLY_STRING ? sg_address_server(e->str, S) : -1;
+                if (v < 0 || r->srv[v].killed)
+                    sg_mismatch(r, "%s lists %s%s", key2,
+                                e->type == REDIS_REPLY_STRING ? e->str : "?",
+                                v >= 0 ? " (killed: should have been reaped)" : "");
+                else
+                    listed++;
             }
+            if (listed != alive_servers)
+                sg_mismatch(r, "%s lists %u of the %u live servers", key2, listed,
+                            alive_servers);
         }
         if (rep)
             freeReplyObject(rep);
-
-        /* The same ids through the library, from server 0: its own sparks
-         * come from memory, the others from Redis. */
-        mpx_list_t *list = NULL;
-        int rc = mpx_sparks(r->servers[0].mpx, (const void *const *)(argv + 2), lens + 2,
-                            n, &list);
-        if (rc != 0) {
-            sg_api_error(r, "mpx_sparks (sample)", rc);
-        } else if (!list || list->count != n) {
-            sg_mismatch(r, "mpx_sparks returned %zu items for %zu ids",
-                        list ? list->count : 0, n);
-        } else {
-            for (size_t k = 0; k < n; k++) {
-                const sg_server_t *s = &r->servers[sg_server_of(r, idx[k])];
-                if (!list->items[k] || strcmp(list->items[k], s->address) != 0)
-                    sg_mismatch(r, "mpx_sparks: %s -> %s, expected %s", ids[k],
-                                list->items[k] ? list->items[k] : "(unknown)",
-                                s->address);
-            }
-        }
-        mpx_list_free(list);
-    sample_done:
-        free(ids);
-        free(idx);
-        free(argv);
-        free(lens);
     }
 
-    /* 4. the library's view of the servers */
-    mpx_list_t *servers = NULL;
-    int rc = mpx_servers(r->servers[0].mpx, 1, &servers);
-    if (rc != 0)
-        sg_api_error(r, "mpx_servers", rc);
-    else if (servers->count != cfg->servers)
-        sg_mismatch(r, "mpx_servers(include_self) listed %zu servers, expected %u",
-                    servers->count, cfg->servers);
-    mpx_list_free(servers);
-
-    r->m.verify_s = sg_now() - t0;
-    sg_info(r, "verify: %" PRIu64 " mismatches in %.3f s", r->mismatches - before,
-            r->m.verify_s);
-}
-
-static void sg_phase_stay(sg_run_t *r)
-{
-    r->m.reached = SG_PHASE_STAY;
-    double t0 = sg_now();
-    char key[SG_KEY_CAP];
-    sg_key_sparks(r, key);
-    for (uint32_t sec = 1; sec <= r->cfg.duration_s && !sg_stopping(r); sec++) {
-        double until = t0 + sec;
-        while (!sg_stopping(r)) {
-            double left = until - sg_now();
-            if (left <= 0)
-                break;
-            sg_sleep_ms(left > 0.1 ? 100 : (unsigned)(left * 1000) + 1);
-        }
-        if (r->cfg.quiet || sg_stopping(r))
+    /* 3. alive keys and leases: the survivors', fresh; the killed', gone */
+    uint32_t lease = cfg->interval_ms < SG_LEASE_DEFAULT_MS ? cfg->interval_ms
+                                                            : SG_LEASE_DEFAULT_MS;
+    for (unsigned v = 0; v < S; v++) {
+        char akey[SG_KEY_CAP], lkey[SG_KEY_CAP];
+        sg_key_alive(r, v, akey);
+        sg_key_lease(r, v, lkey);
+        if (r->srv[v].killed) {
+            if (sg_int(r, "EXISTS %s", akey) > 0)
+                sg_mismatch(r, "alive key %s of killed server %u still exists", akey, v);
+            if (sg_int(r, "EXISTS %s", lkey) > 0)
+                sg_mismatch(r, "lease %s of killed server %u still exists", lkey, v);
             continue;
-        char hbuf[24] = "?";
-        if (sg_check_ready(r, 0)) {
-            redisReply *rep = redisCommand(r->rc, "HLEN %s", key);
-            if (rep && rep->type == REDIS_REPLY_INTEGER)
-                snprintf(hbuf, sizeof hbuf, "%lld", rep->integer);
-            if (rep)
-                freeReplyObject(rep);
         }
-        long long mem = sg_redis_used_memory(r);
-        mpx_stats_t st;
-        sg_stats_sum(r, &st);
-        char mbuf[32];
-        fprintf(stderr,
-                "sparkgen: [%4" PRIu32 "/%" PRIu32 " s] sparks %s, local %" PRIu64
-                ", used_memory %s, heartbeats %" PRIu64 ", errors %" PRIu64 "\n",
-                sec, r->cfg.duration_s, hbuf, st.local_sparks,
-                mem >= 0 ? sg_human_bytes((double)mem, mbuf, sizeof mbuf) : "?",
-                st.heartbeats, sg_bg_errors(r) + atomic_load(&r->api_errors));
+        long long pttl = sg_int(r, "PTTL %s", akey);
+        if (pttl != SG_INT_FAIL && (pttl <= 0 || pttl > (long long)cfg->interval_ms))
+            sg_mismatch(r, "alive key %s: PTTL %lld, expected 1..%" PRIu32, akey, pttl,
+                        cfg->interval_ms);
+        pttl = sg_int(r, "PTTL %s", lkey);
+        if (pttl != SG_INT_FAIL && (pttl <= 0 || pttl > (long long)lease))
+            sg_mismatch(r, "lease %s: PTTL %lld, expected 1..%" PRIu32, lkey, pttl, lease);
     }
-    r->m.stay_s = sg_now() - t0;
-    if (r->cfg.verify && r->cfg.duration_s > 0 && !sg_stopping(r)) {
-        long long hlen = sg_int(r, "HLEN %s", key);
-        if (hlen >= 0 && (uint64_t)hlen != r->cfg.sparks)
-            sg_mismatch(r, "after %" PRIu32 " s: HLEN %s = %lld, expected %" PRIu64,
-                        r->cfg.duration_s, key, hlen, r->cfg.sparks);
+
+    /* 4. no cleanup left pending */
+    char dkey[SG_KEY_CAP];
+    sg_key_drains(r, dkey);
+    long long drains = sg_int(r, "HLEN %s", dkey);
+    if (drains > 0)
+        sg_mismatch(r, "%s lists %lld unfinished cleanups", dkey, drains);
+
+    /* 5. the library's counters of each survivor */
+    sg_sstats_t ss = {r, 0};
+    sg_nodes_all(r, "sstats", 30000, sg_take_sstats, &ss);
+    if (cfg->kill && r->m.reap_ms >= 0 && ss.reaped_servers != cfg->kill)
+        sg_mismatch(r, "the survivors' reaped_servers add up to %" PRIu64 ", expected %" PRIu32,
+                    ss.reaped_servers, cfg->kill);
+
+    /* 6. a sample of ids through the library (mpx_sparks on a survivor:
+     *    its own sparks from memory, the others from Redis), and its view
+     *    of the servers */
+    sg_node_t *node = NULL;
+    for (unsigned i = 0; i < r->nodes_created && !node; i++)
+        if (!r->nodes[i].dead)
+            node = &r->nodes[i];
+    size_t n = cfg->sparks < SG_SAMPLE ? (size_t)cfg->sparks : SG_SAMPLE;
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "sample %zu", n);
+    const char *a = node ? sg_node_call(r, node, cmd, 120000) : NULL;
+    int src, used = 0;
+    size_t listed;
+    if (!a || sscanf(a, "L %d %zu%n", &src, &listed, &used) != 2) {
+        sg_mismatch(r, "library sample: no answer");
+    } else {
+        if (src == 0 && listed != alive_servers)
+            sg_mismatch(r, "mpx_servers(include_self) on server %u listed %zu servers, "
+                           "expected %u",
+                        node->first, listed, alive_servers);
+        const char *p = a + used;
+        uint64_t state = sg_sample_seed(cfg->seed);
+        for (size_t k = 0; k < n; k++) {
+            char *end;
+            long got = strtol(p, &end, 10);
+            if (end == p) {
+                sg_mismatch(r, "library sample: short answer (%zu of %zu)", k, n);
+                break;
+            }
+            p = end;
+            uint64_t i = sg_sample_next(&state, cfg->sparks);
+            unsigned v = (unsigned)(i % S);
+            long want = r->srv[v].killed ? -1 : (long)v;
+            if (got == want)
+                continue;
+            char id[SG_ID_CAP], shown[96], gots[96];
+            size_t len = sg_spark_id(i, id);
+            if (got >= 0)
+                snprintf(gots, sizeof gots, "%s", r->srv[got].address);
+            else
+                snprintf(gots, sizeof gots, "%s",
+                         got == -1 ? "(unknown)" : got == -2 ? "(another address)" : "(error)");
+            sg_mismatch(r, "mpx_sparks on server %u: %s (#%" PRIu64 ") -> %s, expected %s",
+                        node->first, sg_id_shown(id, len, shown, sizeof shown), i, gots,
+                        want >= 0 ? r->srv[v].address : "(unknown: server killed)");
+        }
     }
+
+    r->m.verified = !sg_stopping(r);
+    r->m.verify_s = sg_now() - t0;
+    sg_info("verify: %" PRIu64 " ids, %" PRIu64 " mismatches in %.3f s", r->m.ids_checked,
+            r->mismatches - before, r->m.verify_s);
 }
 
 static void sg_leftover_key(sg_run_t *r, const char *key)
@@ -1323,25 +3321,33 @@ static void sg_leftover_key(sg_run_t *r, const char *key)
     sg_mismatch(r, "key left after unregister: %s", key);
 }
 
+static void sg_take_unregister(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
+{
+    (void)r;
+    (void)n;
+    (void)arg;
+    (void)a; /* failures are counted and reported by the node */
+}
+
+static int sg_unregister_timeout_ms(const sg_run_t *r)
+{
+    /* Unregister drains the server's set in chunks: allow for big ones. */
+    return 120000 + (int)(r->cfg.sparks / 10);
+}
+
 static void sg_phase_unregister(sg_run_t *r)
 {
     r->m.reached = SG_PHASE_UNREGISTER;
-    sg_stats_sum(r, &r->m.stats_end);
+    sg_nodes_stats(r);
+    sg_ninfo_t sum;
+    sg_nodes_sum(r, &sum);
+    r->m.stats = sum.st;
     double t0 = sg_now();
-    for (unsigned i = 0; i < r->servers_created; i++) {
-        sg_server_t *s = &r->servers[i];
-        if (!s->registered)
-            continue;
-        int rc = mpx_unregister(s->mpx);
-        s->registered = 0;
-        if (rc != 0) {
-            char what[128];
-            snprintf(what, sizeof what, "mpx_unregister(%s)", s->address);
-            sg_api_error(r, what, rc);
-        }
-    }
+    sg_nodes_all(r, "unregister", sg_unregister_timeout_ms(r), sg_take_unregister, NULL);
+    r->registered = 0;
     r->m.unregister_s = sg_now() - t0;
-    sg_info(r, "unregister: %u servers in %.3f s", r->servers_created, r->m.unregister_s);
+    sg_info("unregister: %u servers in %.3f s", r->cfg.servers - r->m.killed,
+            r->m.unregister_s);
     if (!r->cfg.verify)
         return;
 
@@ -1352,94 +3358,316 @@ static void sg_phase_unregister(sg_run_t *r)
     if (hlen > 0)
         sg_mismatch(r, "after unregister: HLEN %s = %lld, expected 0", key, hlen);
     sg_key_servers(r, key2);
-    for (unsigned i = 0; i < r->servers_created; i++) {
-        const sg_server_t *s = &r->servers[i];
-        if (sg_int(r, "SISMEMBER %s %s", key2, s->address) > 0)
-            sg_mismatch(r, "after unregister: %s still in %s", s->address, key2);
-    }
+    for (unsigned v = 0; v < r->cfg.servers; v++)
+        if (sg_int(r, "SISMEMBER %s %s", key2, r->srv[v].address) > 0)
+            sg_mismatch(r, "after unregister: %s still in %s", r->srv[v].address, key2);
     /* Nothing of ours may remain under the namespace (it was empty). */
     if (sg_scan_ns(r, sg_leftover_key) < 0)
         sg_mismatch(r, "after unregister: SCAN of the namespace failed");
-    sg_info(r, "unregister: %" PRIu64 " mismatches after", r->mismatches - before);
+    sg_info("unregister: %" PRIu64 " mismatches after", r->mismatches - before);
+}
+
+/*
+ * Stop every node: abort them when interrupted, unregister the survivors if
+ * still registered (not when interrupted with our throwaway Redis), destroy
+ * them, and reap the children (SIGKILL if they do not exit). A child that
+ * exits badly counts as an error. Runs once; the infos stay for the report.
+ */
+static void sg_nodes_shutdown(sg_run_t *r)
+{
+    static int done;
+    if (done || !r->nodes)
+        return;
+    done = 1;
+    int interrupted = atomic_load(&r->stop_sig) > 0;
+    if (interrupted)
+        sg_nodes_all(r, "abort", 10000, NULL, NULL);
+    if (r->registered && !(interrupted && r->own_redis))
+        sg_nodes_all(r, "unregister", sg_unregister_timeout_ms(r), sg_take_unregister, NULL);
+    r->registered = 0;
+    for (unsigned i = 0; i < r->nodes_created; i++) {
+        sg_node_t *n = &r->nodes[i];
+        if (!n->remote) {
+            uint64_t api = 0, bg = 0;
+            if (n->local) {
+                sg_local_destroy(n->local, &api, &bg);
+                n->local = NULL;
+                n->info.api_errors = api;
+                n->info.bg_errors = bg;
+            }
+            sg_buf_free(&n->reply);
+            n->dead = 1;
+            continue;
+        }
+        if (!n->dead) {
+            const char *a = sg_node_call(r, n, "exit", 60000);
+            unsigned long long api, bg;
+            if (a && sscanf(a, "X %llu %llu", &api, &bg) == 2) {
+                n->info.api_errors = api;
+                n->info.bg_errors = bg;
+            }
+            n->dead = 1;
+        }
+        if (n->cmd_fd >= 0)
+            close(n->cmd_fd);
+        n->cmd_fd = -1;
+        for (int waited_ms = 0; !n->waited; waited_ms += 20) {
+            int ws;
+            pid_t p = waitpid(n->pid, &ws, WNOHANG);
+            if (p == n->pid || (p < 0 && errno != EINTR)) {
+                n->waited = 1;
+                n->wstatus = p == n->pid ? ws : 0;
+                break;
+            }
+            if (waited_ms >= 10000) {
+                sg_error("server %u process (pid %ld) does not exit: SIGKILL", n->first,
+                         (long)n->pid);
+                kill(n->pid, SIGKILL);
+                while (waitpid(n->pid, &ws, 0) < 0 && errno == EINTR)
+                    ;
+                n->waited = 1;
+                n->wstatus = ws;
+                atomic_fetch_add(&r->api_errors, 1);
+                break;
+            }
+            sg_sleep_ms(20);
+        }
+        if (!n->killed && !n->failed && !interrupted &&
+            !(WIFEXITED(n->wstatus) && WEXITSTATUS(n->wstatus) == 0)) {
+            char d[80];
+            sg_describe_status(n->wstatus, d, sizeof d);
+            sg_error("server %u process (pid %ld) %s", n->first, (long)n->pid, d);
+            atomic_fetch_add(&r->api_errors, 1);
+        }
+        if (n->lr.fd >= 0)
+            close(n->lr.fd);
+        n->lr.fd = -1;
+        free(n->lr.buf);
+        n->lr.buf = NULL;
+    }
 }
 
 /* ------------------------------------------------------------------------ */
 /* Report                                                                   */
 
-static void sg_report_print(FILE *f, sg_run_t *r, int status)
+/* Numbers derived for both reports. */
+typedef struct sg_summary {
+    double connected_per_s, committed_per_s; /* -1: unknown */
+    double redis_bytes, redis_per_spark;     /* -1: unknown */
+    double rss_bytes, rss_per_spark;         /* -1: unknown */
+    double maxrss_bytes;
+    double churn_per_s;
+    uint64_t api_errors, bg_errors;
+    const char *result;
+} sg_summary_t;
+
+static void sg_summarise(sg_run_t *r, int status, sg_summary_t *s)
+{
+    const sg_metrics_t *m = &r->m;
+    double n = (double)r->cfg.sparks;
+    s->connected_per_s = m->connected && m->connect_s > 0 ? n / m->connect_s : -1;
+    s->committed_per_s = m->connected && m->commit_s > 0 ? n / m->commit_s : -1;
+    s->redis_bytes = m->connected && m->redis_mem_before >= 0 && m->redis_mem_after >= 0
+                         ? (double)(m->redis_mem_after - m->redis_mem_before)
+                         : -1;
+    s->redis_per_spark = s->redis_bytes >= 0 && n > 0 ? s->redis_bytes / n : -1;
+    s->rss_bytes = m->rss_delta_kb >= 0 ? (double)m->rss_delta_kb * 1024.0 : -1;
+    s->rss_per_spark = s->rss_bytes >= 0 && n > 0 ? s->rss_bytes / n : -1;
+    long long maxrss = 0;
+    for (unsigned i = 0; i < r->nodes_created; i++)
+        if (r->nodes[i].info.maxrss_kb > maxrss)
+            maxrss = r->nodes[i].info.maxrss_kb;
+    s->maxrss_bytes = (double)maxrss * 1024.0;
+    s->churn_per_s = m->churn_s > 0 ? (double)m->churn_ops / m->churn_s : 0;
+    sg_ninfo_t sum;
+    sg_nodes_sum(r, &sum);
+    s->api_errors = atomic_load(&r->api_errors) + sum.api_errors;
+    s->bg_errors = sum.bg_errors;
+    int sig = atomic_load(&r->stop_sig);
+    s->result = sig > 0 ? "interrupted" : status == SG_EXIT_OK ? "ok" : "failed";
+}
+
+static void sg_report_print(FILE *f, sg_run_t *r, const sg_summary_t *su)
 {
     const sg_config_t *cfg = &r->cfg;
     const sg_metrics_t *m = &r->m;
     char b1[32], b2[32];
-    double n = (double)cfg->sparks;
-    uint64_t bg = sg_bg_errors(r), api = atomic_load(&r->api_errors);
 
     fprintf(f, "metroplex-sparkgen report\n");
     fprintf(f, "  redis:                %s%s\n", r->url_shown,
             r->own_redis ? " (throwaway)" : "");
     fprintf(f, "  namespace:            %s\n", cfg->ns);
-    fprintf(f, "  sparks:               %" PRIu64 "\n", cfg->sparks);
-    fprintf(f, "  servers:              %" PRIu32 "\n", cfg->servers);
+    char id0[SG_ID_CAP], shown[96];
+    size_t len0 = sg_spark_id(0, id0);
+    fprintf(f, "  sparks:               %" PRIu64 " (ids: %s, seed %" PRIu64 ", first %s)\n",
+            cfg->sparks, sg_id_names[cfg->id_format], cfg->seed,
+            sg_id_shown(id0, len0, shown, sizeof shown));
+    if (cfg->kill)
+        fprintf(f, "  servers:              %" PRIu32 ", one process each\n", cfg->servers);
+    else
+        fprintf(f, "  servers:              %" PRIu32 ", in this process\n", cfg->servers);
     fprintf(f, "  producer threads:     %" PRIu32 "\n", cfg->threads);
-    char id0[SG_ID_CAP];
-    sg_spark_id(cfg->seed, 0, id0);
-    fprintf(f, "  seed:                 %" PRIu64 " (first spark id %s)\n", cfg->seed, id0);
     if (m->reached >= SG_PHASE_CONNECT) {
         fprintf(f, "  register:             %.3f s\n", m->register_s);
-        fprintf(f, "  connect:              %.3f s, %.0f calls/s\n", m->connect_s,
-                m->connect_s > 0 ? (double)m->connect_calls / m->connect_s : 0.0);
-    }
-    if (m->reached >= SG_PHASE_FLUSH) {
-        double t = m->connect_s + m->flush_s;
-        fprintf(f, "  flush:                %.3f s%s\n", m->flush_s,
-                m->flushed ? "" : " (incomplete)");
-        if (m->flushed)
-            fprintf(f, "  committed:            %.0f sparks/s\n", t > 0 ? n / t : 0.0);
-        fprintf(f, "  batches:              %" PRIu64 " (%" PRIu64 " retried)\n",
-                m->stats.batches, m->stats.retries);
-        if (m->redis_mem_before >= 0 && m->redis_mem_after >= 0) {
-            double d = (double)(m->redis_mem_after - m->redis_mem_before);
-            if (cfg->sparks)
-                fprintf(f, "  redis memory:         %s, %.1f B/spark\n",
-                        sg_human_bytes(d, b1, sizeof b1), d / n);
-            else
-                fprintf(f, "  redis memory:         %s\n", sg_human_bytes(d, b1, sizeof b1));
+        if (su->connected_per_s >= 0) {
+            fprintf(f, "  connected:            %.3f s, %.0f sparks/s\n", m->connect_s,
+                    su->connected_per_s);
+            fprintf(f, "  committed:            %.3f s after the first connect, %.0f sparks/s\n",
+                    m->commit_s, su->committed_per_s);
+        } else {
+            fprintf(f, "  connected:            incomplete (%" PRIu64 " calls)\n",
+                    m->connect_calls);
         }
-        if (m->rss_before_kb >= 0 && m->rss_after_kb >= 0) {
-            double d = (double)(m->rss_after_kb - m->rss_before_kb) * 1024.0;
-            fprintf(f, "  process RSS:          %s", sg_human_bytes(d, b1, sizeof b1));
-            if (cfg->sparks)
-                fprintf(f, ", %.1f B/spark", d / n);
-            fprintf(f, " (max RSS %s)\n",
-                    sg_human_bytes((double)m->maxrss_kb * 1024.0, b2, sizeof b2));
-        }
+        const mpx_stats_t *st = &m->stats;
+        fprintf(f, "  commit latency:       p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms"
+                   " (worst server; %" PRIu64 " changes)\n",
+                (double)st->commit_latency_p50_us / 1000.0, (double)st->commit_latency_p99_us / 1000.0,
+                (double)st->commit_latency_p999_us / 1000.0, (double)st->commit_latency_max_us / 1000.0,
+                st->commit_latency_count);
+        if (su->redis_bytes >= 0)
+            fprintf(f, "  redis memory:         %s for the sparks, %.1f B/spark\n",
+                    sg_human_bytes(su->redis_bytes, b1, sizeof b1), su->redis_per_spark);
+        if (su->rss_bytes >= 0)
+            fprintf(f, "  process memory:       %s RSS%s, %.1f B/spark (max RSS %s)\n",
+                    sg_human_bytes(su->rss_bytes, b1, sizeof b1),
+                    cfg->kill ? " over the server processes" : "", su->rss_per_spark,
+                    sg_human_bytes(su->maxrss_bytes, b2, sizeof b2));
+        fprintf(f, "  library cache:        %" PRIu64 " entries, %s\n", st->cache_entries,
+                sg_human_bytes((double)st->cache_bytes, b1, sizeof b1));
     }
+    if (m->reached >= SG_PHASE_STAY && cfg->churn_pct > 0)
+        fprintf(f, "  churn:                %.3g%%/s: %" PRIu64
+                   " disconnect+reconnect pairs in %.1f s (%.0f/s)\n",
+                cfg->churn_pct, m->churn_ops, m->churn_s, su->churn_per_s);
+    if (m->killed) {
+        fprintf(f, "  killed servers:       %u (", m->killed);
+        for (unsigned v = cfg->servers - m->killed; v < cfg->servers; v++)
+            fprintf(f, "%s%s", v > cfg->servers - m->killed ? ", " : "", r->srv[v].address);
+        fprintf(f, "), %" PRIu64 " sparks\n", m->killed_sparks);
+        if (m->reap_ms >= 0)
+            fprintf(f, "  reaped:               %.0f ms after SIGKILL (interval %" PRIu32
+                       " ms)\n",
+                    m->reap_ms, cfg->interval_ms);
+        else
+            fprintf(f, "  reaped:               NOT within the time allowed\n");
+    }
+    if (m->reached >= SG_PHASE_STAY && cfg->duration_s)
+        fprintf(f, "  stayed:               %.1f s\n", m->stay_s);
     if (!cfg->verify)
         fprintf(f, "  verify:               skipped (--no-verify)\n");
     else if (m->reached >= SG_PHASE_VERIFY)
-        fprintf(f, "  verify:               %.3f s\n", m->verify_s);
-    if (m->reached >= SG_PHASE_STAY && cfg->duration_s)
-        fprintf(f, "  stayed:               %.1f s\n", m->stay_s);
+        fprintf(f, "  verify:               %.3f s, %" PRIu64 " ids%s\n", m->verify_s,
+                m->ids_checked, m->verified ? "" : " (incomplete)");
     if (m->reached >= SG_PHASE_UNREGISTER) {
-        const mpx_stats_t *e = &m->stats_end;
-        fprintf(f, "  library counters:     heartbeats %" PRIu64 ", batches %" PRIu64
-                   " (%" PRIu64 " retried), redis errors %" PRIu64 ", reregistered %" PRIu64
-                   ", reaped servers %" PRIu64 "\n",
-                e->heartbeats, e->batches, e->retries, e->redis_errors, e->reregistered,
-                e->reaped_servers);
+        const mpx_stats_t *e = &m->stats;
+        fprintf(f, "  library counters:     batches %" PRIu64 " (%" PRIu64 " retried), coalesced %"
+                   PRIu64 ", heartbeats %" PRIu64 ", redis errors %" PRIu64
+                   ", reregistered %" PRIu64 ", reaped %" PRIu64 " servers / %" PRIu64
+                   " sparks\n",
+                e->batches, e->retries, e->coalesced, e->heartbeats, e->redis_errors,
+                e->reregistered, e->reaped_servers, e->reaped_sparks);
         fprintf(f, "  unregister:           %.3f s\n", m->unregister_s);
     }
     fprintf(f, "  library errors:       %" PRIu64 " (%" PRIu64 " returned, %" PRIu64
                " background)\n",
-            api + bg, api, bg);
+            su->api_errors + su->bg_errors, su->api_errors, su->bg_errors);
     fprintf(f, "  mismatches:           %" PRIu64 "\n", r->mismatches);
     for (int i = 0; i < r->shown; i++)
         fprintf(f, "    - %s\n", r->shown_text[i]);
     if (r->mismatches > (uint64_t)r->shown)
         fprintf(f, "    ... and %" PRIu64 " more\n", r->mismatches - (uint64_t)r->shown);
-    int sig = atomic_load(&r->stop_sig);
     fprintf(f, "  result:               %s\n",
-            sig > 0 ? "INTERRUPTED" : status == SG_EXIT_OK ? "OK" : "FAILED");
+            strcmp(su->result, "ok") == 0 ? "OK"
+            : strcmp(su->result, "failed") == 0 ? "FAILED"
+                                                : "INTERRUPTED");
+}
+
+/* "key":value, with null for a negative (unknown) value. */
+static void sg_json_num(sg_buf_t *b, const char *key, double v, const char *fmt)
+{
+    sg_buf_printf(b, ",\"%s\":", key);
+    if (v < 0 || !isfinite(v))
+        sg_buf_printf(b, "null");
+    else
+        sg_buf_printf(b, fmt, v);
+}
+
+static void sg_json_u64(sg_buf_t *b, const char *key, uint64_t v)
+{
+    sg_buf_printf(b, ",\"%s\":%" PRIu64, key, v);
+}
+
+/* The report as one JSON object on one line (fields: see README.md). */
+static void sg_report_json(FILE *f, sg_run_t *r, int status, const sg_summary_t *su)
+{
+    const sg_config_t *cfg = &r->cfg;
+    const sg_metrics_t *m = &r->m;
+    const mpx_stats_t *st = &m->stats;
+    sg_buf_t b = {0};
+    sg_buf_printf(&b, "{\"tool\":\"metroplex-sparkgen\",\"result\":\"%s\",\"exit_code\":%d",
+                  su->result, status);
+    sg_json_u64(&b, "sparks", cfg->sparks);
+    sg_json_u64(&b, "servers", cfg->servers);
+    sg_json_u64(&b, "threads", cfg->threads);
+    sg_buf_printf(&b, ",\"id_format\":\"%s\"", sg_id_names[cfg->id_format]);
+    sg_json_u64(&b, "seed", cfg->seed);
+    sg_json_num(&b, "churn_pct", cfg->churn_pct, "%g");
+    sg_json_u64(&b, "duration_s", cfg->duration_s);
+    sg_json_u64(&b, "kill_servers", cfg->kill);
+    sg_json_u64(&b, "interval_ms", cfg->interval_ms);
+    sg_json_u64(&b, "latency_ms", cfg->latency_ms);
+    sg_json_num(&b, "register_s", m->reached >= SG_PHASE_CONNECT ? m->register_s : -1, "%.6f");
+    sg_json_num(&b, "connect_s", su->connected_per_s >= 0 ? m->connect_s : -1, "%.6f");
+    sg_json_num(&b, "commit_s", su->committed_per_s >= 0 ? m->commit_s : -1, "%.6f");
+    sg_json_num(&b, "connected_per_s", su->connected_per_s, "%.1f");
+    sg_json_num(&b, "committed_per_s", su->committed_per_s, "%.1f");
+    sg_buf_printf(&b, ",\"commit_latency_ms\":{\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,"
+                      "\"max\":%.3f,\"count\":%" PRIu64 "}",
+                  (double)st->commit_latency_p50_us / 1000.0, (double)st->commit_latency_p99_us / 1000.0,
+                  (double)st->commit_latency_p999_us / 1000.0, (double)st->commit_latency_max_us / 1000.0,
+                  st->commit_latency_count);
+    sg_json_num(&b, "redis_bytes", su->redis_bytes, "%.0f");
+    sg_json_num(&b, "redis_bytes_per_spark", su->redis_per_spark, "%.2f");
+    sg_json_num(&b, "rss_bytes", su->rss_bytes, "%.0f");
+    sg_json_num(&b, "rss_bytes_per_spark", su->rss_per_spark, "%.2f");
+    sg_json_num(&b, "max_rss_bytes", su->maxrss_bytes, "%.0f");
+    sg_json_u64(&b, "cache_entries", st->cache_entries);
+    sg_json_u64(&b, "cache_bytes", st->cache_bytes);
+    sg_json_u64(&b, "queued", st->queued);
+    sg_json_u64(&b, "committed", st->committed);
+    sg_json_u64(&b, "batches", st->batches);
+    sg_json_u64(&b, "retries", st->retries);
+    sg_json_u64(&b, "coalesced", st->coalesced);
+    sg_json_u64(&b, "churn_ops", m->churn_ops);
+    sg_json_num(&b, "churn_per_s", su->churn_per_s, "%.1f");
+    sg_buf_printf(&b, ",\"killed\":[");
+    for (unsigned v = cfg->servers - m->killed, k = 0; v < cfg->servers; v++, k++) {
+        if (k)
+            sg_buf_printf(&b, ",");
+        sg_buf_json_str(&b, r->srv[v].address);
+    }
+    sg_buf_printf(&b, "]");
+    sg_json_u64(&b, "killed_sparks", m->killed_sparks);
+    sg_json_num(&b, "reap_ms", m->killed ? m->reap_ms : -1, "%.1f");
+    sg_json_u64(&b, "reaped_servers", st->reaped_servers);
+    sg_json_u64(&b, "reaped_sparks", st->reaped_sparks);
+    sg_buf_printf(&b, ",\"verified\":%s", cfg->verify && m->verified ? "true" : "false");
+    sg_json_num(&b, "verify_s", cfg->verify && m->reached >= SG_PHASE_VERIFY ? m->verify_s : -1,
+                "%.6f");
+    sg_json_u64(&b, "ids_checked", m->ids_checked);
+    sg_json_u64(&b, "mismatches", r->mismatches);
+    sg_buf_printf(&b, ",\"mismatch_list\":[");
+    for (int i = 0; i < r->shown; i++) {
+        if (i)
+            sg_buf_printf(&b, ",");
+        sg_buf_json_str(&b, r->shown_text[i]);
+    }
+    sg_buf_printf(&b, "]");
+    sg_json_u64(&b, "api_errors", su->api_errors);
+    sg_json_u64(&b, "background_errors", su->bg_errors);
+    sg_buf_printf(&b, "}\n");
+    fputs(b.p, f);
+    sg_buf_free(&b);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1450,59 +3678,60 @@ static int sg_run(sg_run_t *r)
     snprintf(r->nsc, sizeof r->nsc, "%s:", r->cfg.ns);
     sg_signals_early();
     int status = sg_phase_redis(r);
-    /* Block signals now (Redis is up, or failed to start). */
-    if (sg_signals_start(r) != 0 && !status)
-        status = SG_EXIT_FAIL;
     if (status)
         return status;
-    if (sg_stopping(r))
-        return 128 + atomic_load(&r->stop_sig);
+    /* Block signals now (Redis is up): the children and every thread
+     * inherit the mask; the signal thread starts after the forks. */
+    sg_signals_block(r);
+    if (!sg_stopping(r))
+        status = sg_phase_nodes(r);
+    if (sg_signals_start(r) != 0 && !status)
+        status = SG_EXIT_FAIL;
 
-    status = sg_phase_register(r);
     if (!status && !sg_stopping(r))
         status = sg_phase_connect(r);
+    if (!status && !sg_stopping(r))
+        status = sg_phase_stay(r);
     if (!status && !sg_stopping(r))
         status = sg_phase_flush(r);
     if (!status && !sg_stopping(r) && r->cfg.verify)
         sg_phase_verify(r);
     if (!status && !sg_stopping(r))
-        sg_phase_stay(r);
-    if (!status && !sg_stopping(r)) {
         sg_phase_unregister(r);
+    sg_nodes_shutdown(r);
+    if (!status && !sg_stopping(r))
         r->m.reached = SG_PHASE_DONE;
-    }
-    r->m.maxrss_kb = sg_maxrss_kb();
+    sg_progress_end();
 
     int sig = atomic_load(&r->stop_sig);
     if (sig > 0)
         status = 128 + sig;
-    else if (!status && (r->mismatches || atomic_load(&r->api_errors) || sg_bg_errors(r)))
+    else if (!status && (r->mismatches || sg_errors(r)))
         status = SG_EXIT_FAIL;
-    if (r->servers_created)
-        sg_report_print(stdout, r, status);
+    if (r->nodes_created) {
+        sg_summary_t su;
+        sg_summarise(r, status, &su);
+        if (r->cfg.json) {
+            if (!r->cfg.quiet)
+                sg_report_print(stderr, r, &su);
+            fflush(stderr);
+            sg_report_json(stdout, r, status, &su);
+        } else {
+            sg_report_print(stdout, r, &su);
+        }
+    }
     fflush(stdout);
     return status;
 }
 
 static void sg_cleanup(sg_run_t *r)
 {
-    int interrupted = atomic_load(&r->stop_sig) > 0;
-    for (unsigned i = 0; i < r->servers_created; i++) {
-        sg_server_t *s = &r->servers[i];
-        /* Leave an external Redis clean; a throwaway one goes anyway. */
-        if (s->registered && !(interrupted && r->own_redis)) {
-            int rc = mpx_unregister(s->mpx);
-            if (rc != 0)
-                sg_error("cleanup: mpx_unregister(%s): %s: %s", s->address,
-                         mpx_err_name(rc), mpx_last_error());
-        }
-        s->registered = 0;
-        mpx_destroy(s->mpx);
-        s->mpx = NULL;
-    }
-    free(r->servers);
-    r->servers = NULL;
-    r->servers_created = 0;
+    sg_nodes_shutdown(r);
+    free(r->nodes);
+    r->nodes = NULL;
+    r->nodes_created = 0;
+    free(r->srv);
+    r->srv = NULL;
     if (r->rc) {
         redisFree(r->rc);
         r->rc = NULL;
@@ -1526,13 +3755,16 @@ int main(int argc, char **argv)
         return SG_EXIT_OK;
     if (rc < 0)
         return SG_EXIT_USAGE;
+    sg_quiet = run.cfg.quiet;
+    sg_tty = isatty(STDERR_FILENO);
+    sg_ids_init(&run.cfg);
     atomic_init(&run.api_errors, 0);
     atomic_init(&run.stop_sig, 0);
-    atomic_init(&run.producers_abort, 0);
     atomic_init(&run.sig_done, 0);
     atomic_init(&run.redis_pid, 0);
     run.m.redis_mem_before = run.m.redis_mem_after = -1;
-    run.m.rss_before_kb = run.m.rss_after_kb = -1;
+    run.m.rss_delta_kb = -1;
+    run.m.reap_ms = -1;
     int status = sg_run(&run);
     sg_cleanup(&run);
     return status;

@@ -12,7 +12,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/tools/lib.sh"
 
 mpx_ensure_packages build-essential cmake pkg-config libhiredis-dev libck-dev \
-    libcriterion-dev libbenchmark-dev redis-server redis-tools >&2 ||
+    libcriterion-dev libbenchmark-dev redis-server redis-tools \
+    libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev >&2 ||
     { echo "sparkgen.sh: could not install the packages" >&2; exit 2; }
 cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMPX_BUILD_TOOLS=ON >/dev/null
 cmake --build "$ROOT/build" -j2 --target metroplex-sparkgen >/dev/null

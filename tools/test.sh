@@ -3,7 +3,8 @@
 #
 #   bash tools/test.sh          everything: packages, npm deps, the normal,
 #                               ASan+UBSan and TSan builds, their ctest suites,
-#                               and the sparkgen / bench smoke runs
+#                               the sparkgen / bench smoke runs and a short
+#                               libFuzzer run of fuzz/ (clang)
 #   bash tools/test.sh --fast   the normal build only (no sanitizer builds)
 #
 # Works from any directory. Installs missing Debian packages (as root, or
@@ -22,7 +23,7 @@ cd "$ROOT"
 . "$ROOT/tools/lib.sh"
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 FAST=0
@@ -74,7 +75,8 @@ fail_step() { # fail_step MESSAGE: a failed step (not a ctest test)
 # --- 1. packages -----------------------------------------------------------
 
 APT_PACKAGES=(build-essential cmake pkg-config libhiredis-dev libck-dev
-    libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm)
+    libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm
+    clang libclang-rt-14-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev)
 
 install_packages() {
     phase "packages"
@@ -278,6 +280,40 @@ smoke() {
 
 SPARKGEN_ARGS=(--sparks 20000 --servers 2 --duration 1 --quiet)
 
+FUZZ_TARGETS=(fuzz_redis_url fuzz_address fuzz_options fuzz_resp)
+FUZZ_SECONDS=6         # per target: a short run; see README for long runs
+
+# fuzz DIR: builds the libFuzzer targets (clang) and runs each briefly on a
+# scratch copy of its seed corpus (fuzz/corpus/<target>); a crash, leak or
+# broken invariant fails the step and leaves the reproducer in DIR/artifacts
+fuzz() {
+    local dir="$1" t rc
+    if ! configure_and_build fuzz "$dir" -DCMAKE_C_COMPILER=clang \
+        -DCMAKE_CXX_COMPILER=clang++ -DMPX_BUILD_FUZZ=ON -DMPX_BUILD_TESTS=OFF \
+        -DMPX_BUILD_BENCH=OFF -DMPX_BUILD_TOOLS=OFF; then
+        note "fuzz: targets not built"
+        return
+    fi
+    phase "fuzz: ${#FUZZ_TARGETS[@]} targets x ${FUZZ_SECONDS}s"
+    local failed=0
+    for t in "${FUZZ_TARGETS[@]}"; do
+        rm -rf "$dir/corpus/$t"
+        mkdir -p "$dir/corpus/$t" "$dir/artifacts"
+        rc=0
+        timeout --kill-after=10 $((FUZZ_SECONDS + 60)) "$dir/fuzz/$t" \
+            -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+            -artifact_prefix="$dir/artifacts/$t-" -print_final_stats=1 \
+            "$dir/corpus/$t" "$ROOT/fuzz/corpus/$t" >"$dir/$t.log" 2>&1 || rc=$?
+        grep -E '^(Done|stat::number_of_executed_units)' "$dir/$t.log" | sed "s/^/$t: /" || true
+        if [ "$rc" -ne 0 ]; then
+            tail -n 30 "$dir/$t.log"
+            fail_step "fuzz: $t exited $rc (reproducer in ${dir#"$ROOT"/}/artifacts)"
+            failed=1
+        fi
+    done
+    if [ "$failed" -eq 0 ]; then phase_done ok; else phase_done FAILED; fi
+}
+
 # variant NAME DIR SCALE CMAKE_ARGS...
 variant() {
     local name="$1" dir="$2" scale="$3"
@@ -309,6 +345,8 @@ main() {
         -DMPX_WERROR=ON -DMPX_SANITIZE= \
         -DMPX_BUILD_TESTS=ON -DMPX_BUILD_BENCH=ON -DMPX_BUILD_TOOLS=ON
     smoke normal "bench" "$ROOT/build/bin/metroplex-bench" --benchmark_min_time=0.01
+    # Faults under load (Redis killed/paused, connections dropped, servers
+    # crashed/frozen), then an exact check of Redis; ~25 s, own redis-server.
 
     if [ "$FAST" -eq 0 ]; then
         variant asan "$ROOT/build-asan" 10 \
@@ -317,6 +355,7 @@ main() {
         variant tsan "$ROOT/build-tsan" 10 \
             -DMPX_WERROR=ON -DMPX_SANITIZE=thread -DMPX_BUILD_BENCH=OFF \
             -DMPX_BUILD_TESTS=ON -DMPX_BUILD_TOOLS=ON
+        fuzz "$ROOT/build-fuzz"
     else
         note "--fast: sanitizer builds skipped"
     fi
