@@ -25,8 +25,10 @@
  *   HAVE    Redis holds it, as far as the writer knows (last committed)
  *   QUEUED  the record is on its shard's dirty list
  *   INFLIGHT the writer is sending a change of it (HAVE is about to change)
- * A change whose WANT differs from HAVE, or any change while INFLIGHT, puts
- * the record on the dirty list (once: QUEUED); the writer takes the lists, writes WANT for each record
+ *   FORCE   Redis's state is unknown (after a resync): write WANT, whatever
+ *           HAVE says
+ * A change whose WANT differs from HAVE, or any change while INFLIGHT or
+ * FORCE, puts the record on the dirty list (once: QUEUED); the writer takes the lists, writes WANT for each record
  * whose WANT != HAVE, and records HAVE = WANT on acknowledgement. A record
  * that flipped back and forth before the writer saw it costs nothing (it is
  * "coalesced"). A disconnected record stays as a tombstone (WANT = 0) until
@@ -66,7 +68,7 @@ void __tsan_release(void *addr);
 #define SHARD_BITS 8
 
 enum { REC_OWN = 1, REC_REMOTE = 2 };
-enum { ST_WANT = 1, ST_HAVE = 2, ST_QUEUED = 4, ST_INFLIGHT = 8 };
+enum { ST_WANT = 1, ST_HAVE = 2, ST_QUEUED = 4, ST_INFLIGHT = 8, ST_FORCE = 16 };
 
 typedef struct rec {
     uint16_t len;
@@ -460,8 +462,8 @@ static int mark(shard_t *s, rec_t *r, bool want, uint64_t t_ns)
     uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
     uint8_t nst = want ? (uint8_t)(st | ST_WANT) : (uint8_t)(st & ~ST_WANT);
     int queued = 0;
-    if (!(nst & ST_QUEUED) &&
-        ((nst & ST_INFLIGHT) || ((nst & ST_WANT) != 0) != ((nst & ST_HAVE) != 0))) {
+    if (!(nst & ST_QUEUED) && ((nst & (ST_INFLIGHT | ST_FORCE)) ||
+                               ((nst & ST_WANT) != 0) != ((nst & ST_HAVE) != 0))) {
         if (dirty_push(&s->dirty, r, t_ns))
             return MPX_ENOMEM;
         nst |= ST_QUEUED;
@@ -724,9 +726,10 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
             mpx__dirty_t *d = &t->v[c->take_pos++];
             rec_t *r = d->rec;
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
-            st &= (uint8_t)~ST_QUEUED;
+            bool force = st & ST_FORCE;
+            st &= (uint8_t)~(ST_QUEUED | ST_FORCE);
             bool want = st & ST_WANT, have = st & ST_HAVE;
-            if (want == have) {
+            if (want == have && !force) {
                 BUMP(s->pending, -1); /* nothing to write: settled */
                 atomic_store_explicit(&r->state, st, memory_order_release);
                 (*coalesced)++;
@@ -806,13 +809,16 @@ void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns)
             rec_t *r = obj;
             if (r->kind != REC_OWN)
                 continue;
-            /* Redis may hold anything: connected sparks are written again,
-             * tombstones deleted again (conditionally, so harmlessly). */
+            /* Redis may hold anything: whatever the spark's state is when
+             * the writer gets to it, write it (connected sparks again,
+             * tombstones deleted again, conditionally, so harmlessly). HAVE
+             * is not guessed: a spark that flips before the write must not
+             * be taken for already written. */
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
             if (st & ST_INFLIGHT)
                 BUMP(s->pending, -1); /* a transaction that was abandoned */
             st &= (uint8_t)~ST_INFLIGHT;
-            st = (st & ST_WANT) ? (uint8_t)(st & ~ST_HAVE) : (uint8_t)(st | ST_HAVE);
+            st |= ST_FORCE;
             atomic_store_explicit(&r->state, st, memory_order_relaxed);
             mark(s, r, (st & ST_WANT) != 0, t_ns); /* queues it */
         }

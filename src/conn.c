@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,14 @@ int mpx__conn_io_error(mpx__conn_t *c, const char *what)
     mpx__fail(err, "redis %s (%s connection): %s: %s", where(c, w, sizeof w), c->name, what,
               err == MPX_ETIMEDOUT ? "timed out" : msg);
     count_error(c);
+    if (c->ctx && c->ctx->fd >= 0) {
+        /* Close with a reset, not a FIN: commands we sent but gave up on
+         * (a timeout on a paused Redis) are then discarded by the server's
+         * kernel instead of being read and executed later, after the newer
+         * writes we make on the next connection. */
+        struct linger l = {1, 0};
+        setsockopt(c->ctx->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    }
     mpx__conn_close(c);
     return err;
 }

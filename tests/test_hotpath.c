@@ -42,14 +42,41 @@ static void disconnect_range(mpx_t *m, const char *prefix, int from, int to)
                      0);
 }
 
-/* Wait (bounded) until Redis holds exactly `n` sparks, all in our set. */
+/* Does Redis hold ids prefix[from..to) (sampled) as `present` says? */
+static bool sample_ok(redisContext *c, const char *ns, const char *addr, const char *prefix,
+                      int from, int to, bool present)
+{
+    for (int i = from; i < to; i += 97) {
+        redisReply *r = t_cmd(c, "HGET %s:sparks %s%d", ns, prefix, i);
+        bool ok = present ? (r->type == REDIS_REPLY_STRING && strcmp(r->str, addr) == 0)
+                          : r->type == REDIS_REPLY_NIL;
+        freeReplyObject(r);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+typedef struct expect {
+    const char *prefix;
+    int from, to;
+    bool present;
+} expect_t;
+
+/* Wait (bounded) until Redis holds exactly `n` sparks, all in our set, and
+ * every expectation holds (counts alone can match half-way through a
+ * rewrite that has not removed the stale entries yet). */
 static void converge(redisContext *c, const char *ns, const char *addr, long long n,
-                     unsigned ms)
+                     const expect_t *ex, size_t nex, unsigned ms)
 {
     uint64_t end = t_now_ms() + ms;
     while (t_now_ms() < end) {
-        if (t_int(c, "HLEN %s:sparks", ns) == n && t_int(c, "SCARD %s:%s:sparks", ns, addr) == n &&
-            t_int(c, "SISMEMBER %s:servers %s", ns, addr) == 1)
+        bool ok = t_int(c, "HLEN %s:sparks", ns) == n &&
+                  t_int(c, "SCARD %s:%s:sparks", ns, addr) == n &&
+                  t_int(c, "SISMEMBER %s:servers %s", ns, addr) == 1;
+        for (size_t i = 0; ok && i < nex; i++)
+            ok = sample_ok(c, ns, addr, ex[i].prefix, ex[i].from, ex[i].to, ex[i].present);
+        if (ok)
             return;
         t_sleep_ms(50);
     }
@@ -107,7 +134,10 @@ static void restart_mid_batch(bool with_old_data)
     if (with_old_data)
         cr_assert_geq(t_int(c, "HLEN %s:sparks", o.ns), n / 2, "Redis came back with old data");
     long long want = (long long)(n - n / 4) + (n / 2 - n / 4) + n;
-    converge(c, o.ns, addr, want, 30000);
+    const expect_t ex[] = {{"a", 0, n / 4, false}, {"a", n / 4, n, true},
+                           {"b", 0, n / 4, false}, {"b", n / 4, n / 2, true},
+                           {"c", 0, n, true}};
+    converge(c, o.ns, addr, want, ex, sizeof ex / sizeof ex[0], 30000);
     expect_present(c, o.ns, addr, "a", 0, n / 4, false);
     expect_present(c, o.ns, addr, "a", n / 4, n, true);
     expect_present(c, o.ns, addr, "b", 0, n / 4, false);

@@ -1,6 +1,9 @@
 /*
  * redis_proc.c - a private redis-server for tools and tests (see redis_proc.h).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sigprocmask, mkdtemp, prctl: also for the C++ bench target */
+#endif
 #include "redis_proc.h"
 
 #include <arpa/inet.h>

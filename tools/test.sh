@@ -331,6 +331,7 @@ variant() {
 export MPX_SOURCE_DIR="$ROOT" # lets test_interop find tests/interop
 export MPX_TEST_REQUIRE_INTEROP=1 # here a missing node fails, never skips
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
+export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/tests/tsan.supp"
 
@@ -347,6 +348,7 @@ main() {
     smoke normal "bench" "$ROOT/build/bin/metroplex-bench" --benchmark_min_time=0.01
     # Faults under load (Redis killed/paused, connections dropped, servers
     # crashed/frozen), then an exact check of Redis; ~25 s, own redis-server.
+    smoke normal "chaos" "$ROOT/build/bin/metroplex-chaos" --sparks 20000 --duration 20 --seed 1 --quiet
 
     if [ "$FAST" -eq 0 ]; then
         variant asan "$ROOT/build-asan" 10 \
