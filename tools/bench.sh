@@ -74,7 +74,8 @@ phase() { printf '\n==================== %s  [%s, +%ds] ====================\n' 
 
 phase "packages"
 mpx_ensure_packages build-essential cmake pkg-config libhiredis-dev libck-dev \
-    libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm ||
+    libcriterion-dev libbenchmark-dev redis-server redis-tools nodejs npm \
+    libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev ||
     die "could not install the packages"
 # Installing redis-server may have started a system redis on 6379: never used.
 
