@@ -103,3 +103,61 @@ void t_sleep_ms(unsigned ms)
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
+
+int t_scale(void)
+{
+    const char *s = getenv("MPX_TEST_SCALE");
+    int v = s ? atoi(s) : 1;
+    return v > 0 ? v : 1;
+}
+
+/* Plant n sparks of `addr` (plus `keep` sparks of another server) with
+ * variadic commands, pipelined. */
+void t_plant(redisContext *c, const char *ns, const char *addr, int n)
+{
+    enum { CHUNK = 1000 };
+    char key_h[256], key_s[512];
+    snprintf(key_h, sizeof key_h, "%s:sparks", ns);
+    snprintf(key_s, sizeof key_s, "%s:%s:sparks", ns, addr);
+    const char **argv = malloc((2 + 2 * CHUNK) * sizeof *argv);
+    size_t *lens = malloc((2 + 2 * CHUNK) * sizeof *lens);
+    char(*ids)[24] = malloc(CHUNK * sizeof *ids);
+    int pending = 0;
+    for (int base = 0; base < n; base += CHUNK) {
+        int m = n - base < CHUNK ? n - base : CHUNK;
+        for (int i = 0; i < m; i++)
+            snprintf(ids[i], sizeof ids[i], "dead%09d", base + i);
+        argv[0] = "HSET";
+        argv[1] = key_h;
+        lens[0] = 4;
+        lens[1] = strlen(key_h);
+        for (int i = 0; i < m; i++) {
+            argv[2 + 2 * i] = ids[i];
+            lens[2 + 2 * i] = strlen(ids[i]);
+            argv[3 + 2 * i] = addr;
+            lens[3 + 2 * i] = strlen(addr);
+        }
+        redisAppendCommandArgv(c, 2 + 2 * m, argv, lens);
+        argv[0] = "SADD";
+        argv[1] = key_s;
+        lens[0] = 4;
+        lens[1] = strlen(key_s);
+        for (int i = 0; i < m; i++) {
+            argv[2 + i] = ids[i];
+            lens[2 + i] = strlen(ids[i]);
+        }
+        redisAppendCommandArgv(c, 2 + m, argv, lens);
+        pending += 2;
+        if (pending >= 100 || base + CHUNK >= n) {
+            for (; pending > 0; pending--) {
+                redisReply *r;
+                cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+                cr_assert_neq(r->type, REDIS_REPLY_ERROR, "%s", r->str);
+                freeReplyObject(r);
+            }
+        }
+    }
+    free(argv);
+    free(lens);
+    free(ids);
+}

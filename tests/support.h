@@ -31,6 +31,11 @@ redisReply *t_cmd(redisContext *c, const char *fmt, ...);
 long long t_int(redisContext *c, const char *fmt, ...);
 /* Options with the test server, a fresh namespace and short timings. */
 void t_options(mpx_options_t *o, const char *url);
+/* MPX_TEST_SCALE (default 1): sanitizer builds divide their sizes by it. */
+int t_scale(void);
+/* Plant n sparks "dead%09d" of `addr` in namespace `ns` (hash and set),
+ * with pipelined variadic commands. */
+void t_plant(redisContext *c, const char *ns, const char *addr, int n);
 /* Monotonic milliseconds. */
 uint64_t t_now_ms(void);
 /* Sleep. */

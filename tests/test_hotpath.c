@@ -12,13 +12,6 @@
 #include "internal.h"
 #include "support.h"
 
-static int scale(void)
-{
-    const char *s = getenv("MPX_TEST_SCALE");
-    int v = s ? atoi(s) : 1;
-    return v > 0 ? v : 1;
-}
-
 static mpx_t *make_registered(mpx_options_t *o, const char *addr)
 {
     mpx_t *m = NULL;
@@ -101,7 +94,7 @@ static void expect_present(redisContext *c, const char *ns, const char *addr, co
 
 static void restart_mid_batch(bool with_old_data)
 {
-    int n = 20000 / scale();
+    int n = 20000 / t_scale();
     redis_proc_t rp;
     const char *extra[] = {"--dbfilename", "dump.rdb", NULL};
     cr_assert_eq(redis_proc_start(&rp, extra), 0);
@@ -354,7 +347,7 @@ Test(hotpath, lock_free_readers_while_the_tables_change, .timeout = 120)
     for (int i = 0; i < 2; i++)
         pthread_create(&th[i], NULL, reader, &ra[i]);
     /* Grow and shrink the tables under the readers. */
-    int n = 200000 / scale();
+    int n = 200000 / t_scale();
     for (int round = 0; round < 3; round++) {
         connect_range(m, "g", 0, n);
         disconnect_range(m, "g", 0, n);

@@ -36,13 +36,6 @@
 #endif
 #endif
 
-static int scale(void)
-{
-    const char *s = getenv("MPX_TEST_SCALE");
-    int v = s ? atoi(s) : 1;
-    return v > 0 ? v : 1;
-}
-
 static int count_dir(const char *path)
 {
     DIR *d = opendir(path);
@@ -321,7 +314,7 @@ Test(resources, no_thread_or_fd_outlives_a_cycle)
 
 static void loop(bool reg)
 {
-    int n = 1000 / scale();
+    int n = 1000 / t_scale();
     const char *url = t_redis_url();
     const char *ns = t_ns();
     const char *addr = "http://127.0.0.1:7601";

@@ -11,13 +11,6 @@
 #include "internal.h"
 #include "support.h"
 
-static int scale(void)
-{
-    const char *s = getenv("MPX_TEST_SCALE");
-    int v = s ? atoi(s) : 1;
-    return v > 0 ? v : 1;
-}
-
 static mpx_t *make_registered(mpx_options_t *o, const char *addr)
 {
     mpx_t *m = NULL;
@@ -176,7 +169,7 @@ Test(sparks, many_threads_connect_and_disconnect_concurrently, .timeout = 300)
     const char *addr = "http://127.0.0.1:8030";
     mpx_t *m = make_registered(&o, addr);
     enum { T = 8 };
-    int n = 100000 / scale(); /* per thread: 8 x 100,000 in the normal build */
+    int n = 100000 / t_scale(); /* per thread: 8 x 100,000 in the normal build */
     pthread_t th[T];
     worker_t w[T];
     for (int t = 0; t < T; t++) {
