@@ -28,10 +28,12 @@ static int deliver(mpx_omega_t *om, const char *id, size_t n, const char *m, siz
     return 1;
 }
 
+/* d is non-NULL for the receivers, which hold PER sparks each; the sender
+ * holds none, so a broadcast reaches SERVERS * PER sparks. */
 static size_t deliver_all(mpx_omega_t *om, const char *m, size_t mn, void *d)
 {
-    (void)om, (void)m, (void)mn, (void)d;
-    return PER;
+    (void)om, (void)m, (void)mn;
+    return d ? PER : 0;
 }
 
 static double now_s(void)
@@ -90,6 +92,7 @@ int main(int argc, char **argv)
         mpx_omega_options_init(&oo);
         oo.deliver = deliver;
         oo.deliver_all = deliver_all;
+        oo.deliver_data = s > 0 ? (void *)&oms[s] : NULL;
         if (mpx_omega_create(regs[s], &oo, &oms[s]) || mpx_omega_listen(oms[s], "127.0.0.1", 0))
             die("mpx_omega");
         char addr[64];
