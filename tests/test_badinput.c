@@ -739,7 +739,7 @@ Test(badinput, drains_index_as_a_string)
     redisFree(c);
 }
 
-/* BUG: the retire script (keys.c) RENAMEs the server's spark set to the
+/* Was a bug: the retire script (keys.c) RENAMEs the server's spark set to the
  * aside key before HSET on NS drains; when NS drains is not a hash the HSET
  * fails after the RENAME (Redis does not roll scripts back), so the aside
  * set is never listed, never drained, and this server's hash fields stay
@@ -780,7 +780,7 @@ Test(badinput, unregister_with_a_bad_drains_index_orphans_no_spark)
     redisFree(c);
 }
 
-/* BUG: mpx_stats().pending is documented as "sparks whose change is not yet
+/* Was a bug: mpx_stats().pending is documented as "sparks whose change is not yet
  * committed", but cache.c decrements it when the writer takes a change into
  * a transaction, not when Redis acknowledges it: while a batch is retried
  * (Redis down, WRONGTYPE) pending reads 0. mpx_destroy uses the same count
