@@ -20,7 +20,9 @@
  * - Callbacks (on_register, on_unregister, on_error) run on library threads
  *   (the heartbeat or writer thread) or on the thread that made the call
  *   that triggered them, as documented for each; they must not block for
- *   long and must not call mpx_destroy().
+ *   long and must not call mpx_destroy(). mpx_register, mpx_unregister,
+ *   mpx_reap and mpx_flush called from inside a callback return MPX_ESTATE
+ *   (they would wait on the thread running the callback).
  */
 #ifndef METROPLEX_H
 #define METROPLEX_H
@@ -158,8 +160,10 @@ typedef struct mpx_options {
      * on_unregister: on the thread that called mpx_unregister().
      * on_error: on the heartbeat or writer thread, for failures of work the
      *   library does in the background (Redis down, batch retried, address
-     *   taken over, ...). Calls that return an error do not also report it
-     *   here. */
+     *   taken over, ...); also on the caller's thread from mpx_destroy()
+     *   (changes that could not be written) and mpx_reap() (one report per
+     *   broken cleanup, besides the error it returns). Other calls that
+     *   return an error do not also report it here. */
     mpx_event_cb on_register;
     void *on_register_data;
     mpx_event_cb on_unregister;
@@ -295,9 +299,10 @@ int mpx_disconnect(mpx_t *mpx, const void *id, size_t len);
 
 /*
  * Wait until every change queued before the call is committed in Redis.
- * Returns 0; MPX_ETIMEDOUT (not all written within timeout_ms: the changes
- * stay queued and are still written later); MPX_ESTATE (not registered:
- * nothing can be written yet).
+ * Returns 0 (also when nothing is pending); MPX_ETIMEDOUT (not all written
+ * within timeout_ms: the changes stay queued and are still written later);
+ * MPX_ESTATE (not registered, or registration still in progress, while
+ * changes wait: nothing can be written yet; or called from a callback).
  * Thread-safety: any thread, concurrently.
  */
 int mpx_flush(mpx_t *mpx, uint32_t timeout_ms);

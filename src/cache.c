@@ -115,6 +115,7 @@ typedef struct shard {
     atomic_size_t pending;      /* dirty-list entries + records in flight */
     atomic_size_t remote;       /* remote records */
     atomic_size_t bytes;        /* record bytes */
+    atomic_uint_fast64_t queued; /* connect/disconnect calls that changed a spark */
     atomic_uint_fast64_t hits, misses;
 } __attribute__((aligned(64))) shard_t;
 
@@ -372,7 +373,8 @@ const mpx__srv_t *mpx__cache_intern(mpx__cache_t *c, const char *addr, size_t le
         }
     }
     if (found) {
-        atomic_store_explicit(&found->dead, false, memory_order_release);
+        /* Found: its liveness is left to mpx__cache_servers_seen (an answer
+         * from a not yet drained field must not revive a reaped server). */
     } else if (c->nsrvs < 65536) {
         if (c->nsrvs == c->srvs_cap) {
             size_t cap = c->srvs_cap ? c->srvs_cap * 2 : 16;
@@ -415,8 +417,7 @@ void mpx__cache_servers_seen(mpx__cache_t *c, const char *const *addrs, const si
         bool present = false;
         for (size_t k = 0; k < n && !present; k++)
             present = lens[k] == s->len && memcmp(addrs[k], s->addr, s->len) == 0;
-        if (!present)
-            atomic_store_explicit(&s->dead, true, memory_order_release);
+        atomic_store_explicit(&s->dead, !present, memory_order_release);
     }
     pthread_mutex_unlock(&c->srv_mu);
 }
@@ -489,6 +490,7 @@ int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_n
             rc = mark(s, r, true, t_ns);
             if (rc >= 0) {
                 BUMP(s->own, 1);
+                BUMP(s->queued, 1);
                 rc = 1;
             }
         }
@@ -530,6 +532,7 @@ int mpx__cache_connect(mpx__cache_t *c, const void *id, size_t len, uint64_t t_n
         return MPX_ENOMEM;
     }
     BUMP(s->own, 1);
+    BUMP(s->queued, 1);
     BUMP(s->pending, 1);
     BUMP(s->bytes, sizeof *n + len);
     unlock_shard(s);
@@ -550,6 +553,7 @@ int mpx__cache_disconnect(mpx__cache_t *c, const void *id, size_t len, uint64_t 
         rc = mark(s, r, false, t_ns);
         if (rc >= 0) {
             BUMP(s->own, -1);
+            BUMP(s->queued, 1);
             rc = 1;
         }
     }
@@ -651,11 +655,12 @@ size_t mpx__cache_sweep_remote(mpx__cache_t *c, uint64_t now_ms)
     for (int i = 0; i < MPX__SHARDS; i++) {
         shard_t *s = &c->shards[i];
         lock_shard(c, s);
-        if (atomic_load_explicit(&s->remote, memory_order_relaxed)) {
+        size_t nv = 64;
+        while (nv == 64 && atomic_load_explicit(&s->remote, memory_order_relaxed)) {
             ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
             void *obj;
             rec_t *victims[64];
-            size_t nv = 0;
+            nv = 0;
             while (nv < 64 && ck_hs_next(&s->hs, &it, &obj)) {
                 rrec_t *rr = obj;
                 if (rr->kind == REC_REMOTE &&
@@ -733,7 +738,7 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
                 BUMP(s->pending, -1); /* nothing to write: settled */
                 atomic_store_explicit(&r->state, st, memory_order_release);
                 (*coalesced)++;
-                if (!want) {
+                if (!want && !(st & ST_INFLIGHT)) {
                     /* A tombstone nobody needs any more. */
                     ck_hs_remove(&s->hs, hs_hash(r, s->hs.seed), r);
                     BUMP(s->bytes, -rec_size(r));
@@ -878,6 +883,7 @@ void mpx__cache_stats(mpx__cache_t *c, mpx__cache_stats_t *st)
         st->pending += atomic_load_explicit(&s->pending, memory_order_relaxed);
         st->remote += atomic_load_explicit(&s->remote, memory_order_relaxed);
         st->bytes += atomic_load_explicit(&s->bytes, memory_order_relaxed);
+        st->queued += atomic_load_explicit(&s->queued, memory_order_relaxed);
         st->hits += atomic_load_explicit(&s->hits, memory_order_relaxed);
         st->misses += atomic_load_explicit(&s->misses, memory_order_relaxed);
     }

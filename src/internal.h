@@ -222,7 +222,7 @@ typedef struct mpx__dirty {
 } mpx__dirty_t;
 
 typedef struct mpx__cache_stats {
-    uint64_t own, pending, remote, bytes, hits, misses;
+    uint64_t own, pending, remote, bytes, queued, hits, misses;
 } mpx__cache_stats_t;
 
 uint64_t mpx__hash(const void *p, size_t n);
@@ -307,7 +307,7 @@ int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1]);
 /* ---- the handle ---------------------------------------------------------- */
 
 typedef struct mpx__counters {
-    atomic_uint_fast64_t queued, committed, coalesced, batches, redis_errors, retries,
+    atomic_uint_fast64_t committed, coalesced, batches, redis_errors, retries,
         heartbeats, reaped_servers, reaped_sparks, reregistered;
 } mpx__counters_t;
 
@@ -354,6 +354,14 @@ bool mpx__local_hit(mpx_t *m, const void *id, size_t len, const mpx__srv_t **srv
 void mpx__learn(mpx_t *m, const void *id, size_t len, const char *addr, size_t alen);
 mpx_list_t *mpx__list_new(size_t n);
 int mpx__list_set(mpx_list_t *l, size_t i, const char *s, size_t n);
+
+/* Non-zero while this thread runs an mpx callback: lifecycle calls and
+ * flush made from a callback would wait on the thread itself, so they
+ * refuse with MPX_ESTATE. */
+extern _Thread_local int mpx__in_callback;
+int mpx__refuse_in_callback(const char *what);
+/* Fire on_register (any thread that registered). */
+void mpx__emit_register(mpx_t *m, const char *address);
 
 /* Fire on_error (from a library thread). */
 void mpx__report(mpx_t *m, int err, const char *fmt, ...)

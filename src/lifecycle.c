@@ -148,6 +148,8 @@ int mpx_register(mpx_t *mpx, const char *address)
     mpx__clear_error();
     if (!mpx)
         return mpx__fail(MPX_EINVAL, "mpx_register: registry is NULL");
+    if (mpx__in_callback)
+        return mpx__refuse_in_callback("mpx_register");
     char canon[MPX_ADDRESS_MAX + 1];
     int rc = mpx__check_address(address, "address", canon);
     if (rc)
@@ -168,8 +170,7 @@ int mpx_register(mpx_t *mpx, const char *address)
     }
     pthread_mutex_unlock(&mpx->life_mu);
     if (rc == 0) {
-        if (mpx->opt.on_register)
-            mpx->opt.on_register(mpx, canon, mpx->opt.on_register_data);
+        mpx__emit_register(mpx, canon);
         kick_heartbeat(mpx); /* drain leftovers soon */
     }
     return rc;
@@ -326,10 +327,20 @@ int mpx_reap(mpx_t *mpx, size_t *reaped)
         *reaped = 0;
     if (!mpx)
         return mpx__fail(MPX_EINVAL, "mpx_reap: registry is NULL");
-    pthread_mutex_lock(&mpx->sync_mu);
-    bool more = false;
-    int rc = mpx__reap_pass(mpx, &mpx->sync_conn, &n, 0, &more);
-    pthread_mutex_unlock(&mpx->sync_mu);
+    if (mpx__in_callback)
+        return mpx__refuse_in_callback("mpx_reap");
+    /* In slices of 200 ms, so lookups on the same connection are not held
+     * up for the whole cleanup of a large server. */
+    int rc;
+    bool more;
+    do {
+        size_t k = 0;
+        more = false;
+        pthread_mutex_lock(&mpx->sync_mu);
+        rc = mpx__reap_pass(mpx, &mpx->sync_conn, &k, 200, &more);
+        pthread_mutex_unlock(&mpx->sync_mu);
+        n += k;
+    } while (rc == 0 && more);
     if (reaped)
         *reaped = n;
     return rc;
@@ -342,9 +353,22 @@ int mpx_unregister(mpx_t *mpx)
     mpx__clear_error();
     if (!mpx)
         return mpx__fail(MPX_EINVAL, "mpx_unregister: registry is NULL");
+    if (mpx__in_callback)
+        return mpx__refuse_in_callback("mpx_unregister");
     pthread_mutex_lock(&mpx->life_mu);
     if (mpx->state == MPX__UNREGISTERED) {
+        char lost[MPX_ADDRESS_MAX + 1];
+        memcpy(lost, mpx->address, sizeof lost);
+        if (lost[0]) {
+            /* The address was taken over by another instance: its keys are
+             * that instance's now; forget ours locally. */
+            set_state(mpx, MPX__UNREGISTERED, NULL);
+            atomic_store(&mpx->self_srv, NULL);
+            mpx__cache_drop_own(mpx->cache);
+        }
         pthread_mutex_unlock(&mpx->life_mu);
+        if (lost[0] && mpx->opt.on_unregister)
+            mpx->opt.on_unregister(mpx, lost, mpx->opt.on_unregister_data);
         return 0;
     }
     char addr[MPX_ADDRESS_MAX + 1];
@@ -424,10 +448,16 @@ static void tick(mpx_t *m, hb_state_t *hs)
     if (m->state == MPX__REGISTERING) {
         rc = do_register(m, c);
         if (rc == 0) {
-            if (m->opt.on_register)
-                m->opt.on_register(m, m->address, m->opt.on_register_data);
+            mpx__emit_register(m, m->address);
             hs->drains_pending = true;
             restarted = false;
+        } else if (rc == MPX_EADDRINUSE && m->address_from_api) {
+            /* mpx_register said EADDRINUSE is final for an address it was
+             * given: stop trying rather than take it once the holder's
+             * lease lapses. */
+            mpx__report(m, rc, "registration given up: %s", mpx_last_error());
+            set_state(m, MPX__UNREGISTERED, NULL);
+            return;
         } else {
             uint64_t now = mpx__now_ms();
             if (rc != MPX_EADDRINUSE || now - hs->last_inuse_report_ms >= 30000) {
@@ -475,8 +505,8 @@ static void tick(mpx_t *m, hb_state_t *hs)
                                  : "on a Redis that restarted (run_id changed)",
                     own_count(m));
         mpx__writer_resync(m);
-        if (present == 0 && m->opt.on_register)
-            m->opt.on_register(m, m->address, m->opt.on_register_data);
+        if (present == 0)
+            mpx__emit_register(m, m->address);
     }
 }
 

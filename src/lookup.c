@@ -85,7 +85,7 @@ static void serve(mpx_t *m, mpx__lookup_t *lk, req_t *batch)
     bool any = false;
     for (req_t *r = batch; r; r = r->next)
         any |= r->nmiss > 0 && !r->err;
-    if (any && (rc = mpx__conn_ensure(&lk->conn, true)) != 0) {
+    if (any && (rc = mpx__conn_ensure(&lk->conn, false)) != 0) {
         for (req_t *r = batch; r; r = r->next)
             if (r->nmiss && !r->err)
                 r->err = rc;
@@ -106,6 +106,16 @@ static void serve(mpx_t *m, mpx__lookup_t *lk, req_t *batch)
             rc = mpx__conn_append(&lk->conn, &a);
         if (!rc)
             sent++;
+    }
+    if (rc && sent) {
+        /* Could not build every request: the ones already appended are
+         * failed below, and their unread replies must not be taken for the
+         * next batch's: drop the connection. */
+        mpx__conn_close(&lk->conn);
+        for (req_t *r = batch; r; r = r->next)
+            if (r->nmiss && !r->err)
+                r->err = rc;
+        any = false;
     }
     /* Read the replies in order; an I/O error fails every request sent. */
     for (req_t *r = batch; any && r; r = r->next) {

@@ -19,6 +19,14 @@
 
 #include "internal.h"
 
+_Thread_local int mpx__in_callback;
+
+int mpx__refuse_in_callback(const char *what)
+{
+    return mpx__fail(MPX_ESTATE, "%s: not allowed from inside a metroplex callback (it would "
+                     "wait on the library thread that runs the callback)", what);
+}
+
 void mpx__report(mpx_t *m, int err, const char *fmt, ...)
 {
     if (!m->opt.on_error)
@@ -28,7 +36,18 @@ void mpx__report(mpx_t *m, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    mpx__in_callback++;
     m->opt.on_error(m, err, msg, m->opt.on_error_data);
+    mpx__in_callback--;
+}
+
+void mpx__emit_register(mpx_t *m, const char *address)
+{
+    if (!m->opt.on_register)
+        return;
+    mpx__in_callback++;
+    m->opt.on_register(m, address, m->opt.on_register_data);
+    mpx__in_callback--;
 }
 
 void mpx__token(mpx_t *m, char out[64])
@@ -183,10 +202,8 @@ static int change(mpx_t *mpx, bool connect, const void *id, size_t len)
                  : mpx__cache_disconnect(mpx->cache, id, len, t);
     if (rc < 0)
         return mpx__fail(rc, "out of memory recording a spark");
-    if (rc > 0) {
-        atomic_fetch_add_explicit(&mpx->n.queued, 1, memory_order_relaxed);
+    if (rc > 0)
         mpx__writer_kick(mpx);
-    }
     return 0;
 }
 
@@ -205,12 +222,18 @@ int mpx_flush(mpx_t *mpx, uint32_t timeout_ms)
     mpx__clear_error();
     if (!mpx)
         return mpx__fail(MPX_EINVAL, "registry is NULL");
+    if (mpx__in_callback)
+        return mpx__refuse_in_callback("mpx_flush");
     char addr[MPX_ADDRESS_MAX + 1];
     mpx__cache_stats_t cs;
     mpx__cache_stats(mpx->cache, &cs);
-    if (mpx__get_address(mpx, addr) == MPX__UNREGISTERED && cs.pending > 0)
-        return mpx__fail(MPX_ESTATE, "flush: not registered; %llu sparks wait for mpx_register",
+    int state = mpx__get_address(mpx, addr);
+    if (state != MPX__REGISTERED) {
+        if (cs.pending == 0)
+            return 0; /* nothing to write */
+        return mpx__fail(MPX_ESTATE, "flush: not registered; %llu sparks wait for registration",
                          (unsigned long long)cs.pending);
+    }
     return mpx__writer_flush(mpx, timeout_ms);
 }
 
@@ -461,7 +484,7 @@ int mpx_stats(mpx_t *mpx, mpx_stats_t *out)
     mpx__cache_stats(mpx->cache, &cs);
 #define LOAD(f) atomic_load_explicit(&mpx->n.f, memory_order_relaxed)
     out->local_sparks = cs.own;
-    out->queued = LOAD(queued);
+    out->queued = cs.queued;
     out->committed = LOAD(committed);
     out->coalesced = LOAD(coalesced);
     out->pending = cs.pending;

@@ -257,6 +257,15 @@ static bool write_cycle(mpx_t *m, mpx__writer_t *w, const char *addr, tx_t tx[2]
     mpx__cache_take(m->cache);
     int inflight = 0; /* transactions sent, replies not read: tx[0], then tx[1] */
     for (;;) {
+        if (give_up(w, 0)) {
+            /* Unregistered, or destroy's deadline passed: leave the rest
+             * (still counted as pending); replies in flight are dropped
+             * with the connection. */
+            if (inflight)
+                mpx__conn_close(&w->conn);
+            ok = false;
+            break;
+        }
         /* Build the next transaction while the previous one executes. */
         tx_t *next = &tx[inflight];
         next->n = mpx__cache_next_ops(m->cache, next->ops, m->opt.batch_max, &coalesced);
@@ -311,6 +320,8 @@ static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, mpx__argv
     char cursor[32] = "0";
     size_t removed = 0;
     for (unsigned rounds = 0; rounds < 10000000u; rounds++) {
+        if (give_up(w, 0))
+            return false; /* unregistered, or destroy's deadline passed */
         mpx__argv_reset(a);
         mpx__argv_push(a, "SSCAN", 5);
         mpx__key_set(&m->keys, addr, a);

@@ -417,7 +417,7 @@ Test(lifecycle, unreachable_redis_is_an_error_not_a_crash)
     size_t len = sizeof buf;
     cr_assert_eq(mpx_spark(m, "x", 1, buf, &len), MPX_ECONN);
     cr_assert_eq(mpx_connect(m, "x", 1), 0, "connect works while Redis is down");
-    cr_assert_eq(mpx_flush(m, 100), MPX_ETIMEDOUT);
+    cr_assert_eq(mpx_flush(m, 100), MPX_ESTATE, "registration still pending: nothing can be written");
     mpx_destroy(m);
 }
 
@@ -510,4 +510,32 @@ Test(lifecycle, a_unix_socket_url_works)
     redis_proc_destroy(&rp);
     unlink(sock);
     rmdir(dir);
+}
+
+static atomic_int cb_result = 1;
+static mpx_t *cb_registry;
+static void reentrant_on_register(mpx_t *m, const char *addr, void *d)
+{
+    (void)addr;
+    (void)d;
+    /* Lifecycle calls from inside a callback would wait on this very thread. */
+    atomic_store(&cb_result, mpx_unregister(m));
+    cb_registry = m;
+}
+
+Test(lifecycle, lifecycle_calls_from_a_callback_are_refused_not_deadlocked)
+{
+    mpx_options_t o;
+    t_options(&o, NULL);
+    o.on_register = reentrant_on_register;
+    mpx_t *m = make(&o);
+    cr_assert_eq(mpx_register(m, "http://127.0.0.1:9920"), 0, "%s", mpx_last_error());
+    cr_assert_eq(atomic_load(&cb_result), MPX_ESTATE);
+    cr_assert_eq(cb_registry, m);
+    mpx_stats_t st;
+    cr_assert_eq(mpx_flush(m, 1000), 0, "nothing pending");
+    cr_assert_eq(mpx_stats(m, &st), 0);
+    cr_assert_eq(mpx_unregister(m), 0, "allowed outside the callback");
+    cr_assert_eq(mpx_flush(m, 100), 0, "unregistered, nothing pending: 0 at once");
+    mpx_destroy(m);
 }
