@@ -2,6 +2,7 @@
 #include "support.h"
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,4 +161,32 @@ void t_plant(redisContext *c, const char *ns, const char *addr, int n)
     free(argv);
     free(lens);
     free(ids);
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void *t_ping_loop(void *arg)
+{
+    t_pinger_t *p = arg;
+    redisContext *c = t_connect(NULL);
+    uint64_t end = now_us() + 600ull * 1000000u; /* bounded: 10 minutes */
+    while (!atomic_load(&p->stop) && now_us() < end) {
+        uint64_t t0 = now_us();
+        redisReply *r = redisCommand(c, "PING");
+        uint64_t d = now_us() - t0;
+        if (r)
+            freeReplyObject(r);
+        if (d > p->worst_us)
+            p->worst_us = d;
+        p->count++;
+        struct timespec ts = {0, 1000000}; /* every millisecond */
+        nanosleep(&ts, NULL);
+    }
+    redisFree(c);
+    return NULL;
 }

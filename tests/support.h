@@ -12,6 +12,7 @@
 #define MPX_TEST_SUPPORT_H
 
 #include <hiredis/hiredis.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "metroplex.h"
@@ -36,6 +37,14 @@ int t_scale(void);
 /* Plant n sparks "dead%09d" of `addr` in namespace `ns` (hash and set),
  * with pipelined variadic commands. */
 void t_plant(redisContext *c, const char *ns, const char *addr, int n);
+/* A client that PINGs the shared test server every millisecond (at most
+ * 10 minutes) and records the worst wait: run t_ping_loop on a thread,
+ * set `stop` to end it. */
+typedef struct t_pinger {
+    atomic_bool stop;
+    uint64_t worst_us, count;
+} t_pinger_t;
+void *t_ping_loop(void *pinger);
 /* Monotonic milliseconds. */
 uint64_t t_now_ms(void);
 /* Sleep. */

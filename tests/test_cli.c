@@ -742,39 +742,6 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
 /* check over 1,000,000 sparks: time and worst PING wait (printed)          */
 /* ------------------------------------------------------------------------ */
 
-typedef struct pinger {
-    atomic_bool stop;
-    uint64_t worst_us, count;
-} pinger_t;
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void *ping_loop(void *arg)
-{
-    pinger_t *p = arg;
-    redisContext *c = t_connect(NULL);
-    uint64_t end = now_us() + 600ull * 1000000u;
-    while (!atomic_load(&p->stop) && now_us() < end) {
-        uint64_t t0 = now_us();
-        redisReply *r = redisCommand(c, "PING");
-        uint64_t d = now_us() - t0;
-        if (r)
-            freeReplyObject(r);
-        if (d > p->worst_us)
-            p->worst_us = d;
-        p->count++;
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    redisFree(c);
-    return NULL;
-}
-
 Test(cli_large, check_over_a_million_sparks_keeps_redis_responsive, .timeout = 600)
 {
     int n = 1000000 / t_scale();
@@ -791,9 +758,9 @@ Test(cli_large, check_over_a_million_sparks_keeps_redis_responsive, .timeout = 6
     }
     uint64_t planted_ms = t_now_ms() - t0;
 
-    pinger_t p = {0};
+    t_pinger_t p = {0};
     pthread_t th;
-    pthread_create(&th, NULL, ping_loop, &p);
+    pthread_create(&th, NULL, t_ping_loop, &p);
     t_sleep_ms(50);
     run_t r = cli(ns, "--json", "check", NULL);
     t_sleep_ms(50);

@@ -18,39 +18,6 @@
 #include "internal.h"
 #include "support.h"
 
-typedef struct pinger {
-    atomic_bool stop;
-    uint64_t worst_us, count;
-} pinger_t;
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void *ping_loop(void *arg)
-{
-    pinger_t *p = arg;
-    redisContext *c = t_connect(NULL);
-    uint64_t end = now_us() + 600ull * 1000000u; /* bounded: 10 minutes */
-    while (!atomic_load(&p->stop) && now_us() < end) {
-        uint64_t t0 = now_us();
-        redisReply *r = redisCommand(c, "PING");
-        uint64_t d = now_us() - t0;
-        if (r)
-            freeReplyObject(r);
-        if (d > p->worst_us)
-            p->worst_us = d;
-        p->count++;
-        struct timespec ts = {0, 1000000}; /* every millisecond */
-        nanosleep(&ts, NULL);
-    }
-    redisFree(c);
-    return NULL;
-}
-
 Test(reap_large, a_dead_server_of_a_million_sparks_is_reaped_in_chunks, .timeout = 600)
 {
     int n = 1000000 / t_scale();
@@ -70,9 +37,9 @@ Test(reap_large, a_dead_server_of_a_million_sparks_is_reaped_in_chunks, .timeout
     cr_assert_eq(mpx_create(&o, &m), 0);
     cr_assert_eq(mpx_register(m, "http://127.0.0.1:7001"), 0, "%s", mpx_last_error());
 
-    pinger_t p = {0};
+    t_pinger_t p = {0};
     pthread_t th;
-    pthread_create(&th, NULL, ping_loop, &p);
+    pthread_create(&th, NULL, t_ping_loop, &p);
     t_sleep_ms(50);
     uint64_t r0 = t_now_ms();
     size_t reaped = 0;

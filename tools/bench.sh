@@ -117,27 +117,8 @@ REDIS_PORT=""
 REDIS_DIR=""
 RESULTS=""
 
-port_in_use() { # true if something listens on 127.0.0.1:$1
-    if command -v ss >/dev/null 2>&1; then
-        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
-    else
-        local rc=0
-        # shellcheck disable=SC2016 # $1 expands in the inner shell
-        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null || rc=$?
-        [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]
-    fi
-}
-
 stop_redis() {
-    if [ -n "$REDIS_PID" ] && kill -0 "$REDIS_PID" 2>/dev/null; then
-        kill -TERM "$REDIS_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do # at most 5 s, then SIGKILL
-            kill -0 "$REDIS_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$REDIS_PID" 2>/dev/null; then kill -KILL "$REDIS_PID" 2>/dev/null || true; fi
-        wait "$REDIS_PID" 2>/dev/null || true
-    fi
+    mpx_stop_pid "$REDIS_PID"
     REDIS_PID=""
     if [ -n "$REDIS_DIR" ] && [ -d "$REDIS_DIR" ]; then rm -rf -- "$REDIS_DIR"; fi
     REDIS_DIR=""
@@ -153,7 +134,7 @@ REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-bench-redis.XXXXXX")"
 for attempt in 1 2 3 4 5 6 7 8; do
     port=$(shuf -i 20000-60000 -n 1)
     [ "$port" -ne 6379 ] || continue
-    if port_in_use "$port"; then continue; fi
+    if mpx_port_in_use "$port"; then continue; fi
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$REDIS_DIR" --daemonize no --logfile "$REDIS_DIR/redis.log" \
         </dev/null >"$REDIS_DIR/redis.out" 2>&1 &

@@ -112,31 +112,8 @@ REDIS_PID=""
 REDIS_PORT=""
 REDIS_DIR=""
 
-port_in_use() { # port_in_use PORT: true if something listens on 127.0.0.1:PORT
-    if command -v ss >/dev/null 2>&1; then
-        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
-    else
-        # A connect that succeeds, or hangs (a listener with a full backlog),
-        # means busy; one that is refused means free. Bounded: 2 s.
-        local rc=0
-        # shellcheck disable=SC2016 # $1 expands in the inner shell
-        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null || rc=$?
-        [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]
-    fi
-}
-
 stop_redis() {
-    if [ -n "$REDIS_PID" ] && kill -0 "$REDIS_PID" 2>/dev/null; then
-        kill -TERM "$REDIS_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do # at most 5 s, then SIGKILL
-            kill -0 "$REDIS_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$REDIS_PID" 2>/dev/null; then
-            kill -KILL "$REDIS_PID" 2>/dev/null || true
-        fi
-        wait "$REDIS_PID" 2>/dev/null || true
-    fi
+    mpx_stop_pid "$REDIS_PID"
     REDIS_PID=""
     if [ -n "$REDIS_DIR" ] && [ -d "$REDIS_DIR" ]; then
         rm -rf -- "$REDIS_DIR"
@@ -153,7 +130,7 @@ start_redis() {
     for attempt in 1 2 3 4 5 6 7 8; do
         port=$(shuf -i "$REDIS_PORT_MIN-$REDIS_PORT_MAX" -n 1)
         [ "$port" -ne 6379 ] || continue
-        if port_in_use "$port"; then
+        if mpx_port_in_use "$port"; then
             note "port $port busy, trying another"
             continue
         fi
