@@ -50,6 +50,14 @@ typedef struct mpx__redis_endpoint {
     char *user;     /* NULL: AUTH with password only */
     char *password; /* NULL: no AUTH */
     int db;         /* SELECT db when > 0 */
+    /* Redis Cluster (a redis-cluster:// seed list): host/port above are the
+     * first seed; seeds[0..nseeds) all of them (host owned). */
+    bool cluster;
+    size_t nseeds;
+    struct mpx__seed {
+        char *host;
+        int port;
+    } *seeds;
 } mpx__redis_endpoint_t;
 
 int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep);
@@ -169,6 +177,7 @@ typedef struct mpx__conn {
     uint32_t backoff_ms;
     char name[24];         /* "writer", "heartbeat", "sync" */
     atomic_uint_fast64_t *error_counter; /* may be NULL */
+    struct mpx__cluster *cl; /* non-NULL when ep->cluster: see cluster.c */
 } mpx__conn_t;
 
 void mpx__conn_init(mpx__conn_t *c, const mpx__redis_endpoint_t *ep,
@@ -189,6 +198,20 @@ int mpx__conn_append(mpx__conn_t *c, mpx__argv_t *a);
 int mpx__conn_read(mpx__conn_t *c, redisReply **out);
 /* Map a failed hiredis context to an error code and message. */
 int mpx__conn_io_error(mpx__conn_t *c, const char *what);
+/* n independent commands (each touching keys of one slot), pipelined: on a
+ * single Redis down the one connection, on a cluster split per master node
+ * (MOVED/ASK/TRYAGAIN followed, bounded). replies[i] (caller frees) or
+ * rcs[i] (an error code, message in the last failing one) per command; a
+ * Redis error reply is rcs[i] = MPX_EREDIS with replies[i] NULL. Returns 0
+ * when every command got a non-error reply, else the first error code. */
+int mpx__conn_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
+                       redisReply **replies, int *rcs);
+/* Cluster: re-read the slot map now if the last read is older than
+ * max_age_ms (sets run_id_changed on a failover). No-op on a single Redis. */
+int mpx__conn_refresh(mpx__conn_t *c, uint32_t max_age_ms);
+/* The hash slot of a key (CRC16 of the hash tag or of the whole key, mod
+ * 16384), as Redis Cluster computes it. */
+unsigned mpx__key_slot(const char *key, size_t len);
 
 /* Name the calling library thread and block SIGPIPE in it. */
 void mpx__thread_init(const char *name);

@@ -460,3 +460,31 @@ int mpx__cmd_drain(const mpx__keys_t *k, const char *sha, const char *aside_key,
     rc |= mpx__argv_pushf(a, "%u", chunk);
     return rc ? MPX_ENOMEM : 0;
 }
+
+/* ---- Redis Cluster hash slots ------------------------------------------------
+ * CRC16-CCITT (XModem: polynomial 0x1021, initial 0), as in the Redis
+ * Cluster specification, over the hash tag ({...}: the bytes between the
+ * first '{' and the first '}' after it, when not empty) or the whole key. */
+
+static uint16_t crc16(const char *buf, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (uint16_t)(crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1);
+    }
+    return crc;
+}
+
+unsigned mpx__key_slot(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len);
+    if (open) {
+        size_t rest = len - (size_t)(open - key) - 1;
+        const char *close = memchr(open + 1, '}', rest);
+        if (close && close > open + 1)
+            return crc16(open + 1, (size_t)(close - open - 1)) & 16383u;
+    }
+    return crc16(key, len) & 16383u;
+}

@@ -257,10 +257,15 @@ void mpx__endpoint_free(mpx__redis_endpoint_t *ep)
     free(ep->path);
     free(ep->user);
     free(ep->password);
+    for (size_t i = 0; i < ep->nseeds; i++)
+        free(ep->seeds[i].host);
+    free(ep->seeds);
     memset(ep, 0, sizeof *ep);
 }
 
-#define URL_FORMS "redis://[user:password@]host[:port][/db] or unix:///path[?db=N&password=P]"
+#define URL_FORMS                                                                          \
+    "redis://[user:password@]host[:port][/db], unix:///path[?db=N&password=P] or "         \
+    "redis-cluster://[user:password@]host:port[,host:port...]"
 
 /* A copy of the URL for messages, with any password replaced by "***". */
 static void redact_url(const char *url, char *out, size_t cap)
@@ -268,14 +273,17 @@ static void redact_url(const char *url, char *out, size_t cap)
     size_t o = 0;
     const char *p = url;
     const char *at = NULL, *slash = NULL;
-    if (strncmp(url, "redis://", 8) == 0) {
-        slash = strchr(url + 8, '/');
-        for (const char *s = url + 8; *s && s != slash; s++)
+    size_t skip = strncmp(url, "redis://", 8) == 0           ? 8
+                  : strncmp(url, "redis-cluster://", 16) == 0 ? 16
+                                                               : 0;
+    if (skip) {
+        slash = strchr(url + skip, '/');
+        for (const char *s = url + skip; *s && s != slash; s++)
             if (*s == '@')
                 at = s;
     }
     while (*p && o + 4 < cap) {
-        if (at && p == url + 8) {
+        if (at && p == url + skip) {
             const char *colon = memchr(p, ':', (size_t)(at - p));
             size_t keep = colon ? (size_t)(colon - p) + 1 : 0;
             if (keep > cap - o - 5)
@@ -343,6 +351,58 @@ static int parse_unix(const char *url, const char *shown, mpx__redis_endpoint_t 
     return 0;
 }
 
+static int parse_url(const char *url, const char *shown, mpx__redis_endpoint_t *ep);
+
+/* redis-cluster://[auth@]h:p[,h:p...]: each seed is parsed as a redis://
+ * URL (the first with the credentials); no db (a cluster has only db 0). */
+static int parse_cluster(const char *url, const char *shown, mpx__redis_endpoint_t *ep)
+{
+    const char *p = url + 16;
+    const char *at = strrchr(p, '@');
+    const char *hosts = at ? at + 1 : p;
+    size_t auth_len = at ? (size_t)(at + 1 - p) : 0;
+    if (strchr(hosts, '/'))
+        return mpx__fail(MPX_EINVAL, "options.redis_url '%s': a cluster URL takes no /db "
+                         "(Redis Cluster has only db 0)", shown);
+    size_t n = 1;
+    for (const char *s = hosts; *s; s++)
+        n += *s == ',';
+    if (n > 64)
+        return mpx__fail(MPX_EINVAL, "options.redis_url '%s': more than 64 seeds", shown);
+    if (!(ep->seeds = calloc(n, sizeof *ep->seeds)))
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    ep->cluster = true;
+    char one[4200];
+    for (size_t i = 0; i < n; i++) {
+        const char *comma = strchr(hosts, ',');
+        size_t hl = comma ? (size_t)(comma - hosts) : strlen(hosts);
+        if (hl == 0)
+            return mpx__fail(MPX_EINVAL, "options.redis_url '%s': empty seed %zu", shown, i + 1);
+        snprintf(one, sizeof one, "redis://%.*s%.*s", i == 0 ? (int)auth_len : 0, p, (int)hl,
+                 hosts);
+        mpx__redis_endpoint_t s;
+        int rc = parse_url(one, shown, &s);
+        if (rc)
+            return rc;
+        ep->seeds[i].host = s.host;
+        ep->seeds[i].port = s.port;
+        ep->nseeds = i + 1;
+        if (i == 0) {
+            ep->user = s.user;
+            ep->password = s.password;
+            ep->port = s.port;
+            if (!(ep->host = strdup(s.host)))
+                return mpx__fail(MPX_ENOMEM, "out of memory");
+        } else {
+            free(s.user);
+            free(s.password);
+        }
+        free(s.path);
+        hosts = comma ? comma + 1 : hosts + hl;
+    }
+    return 0;
+}
+
 int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
 {
     memset(ep, 0, sizeof *ep);
@@ -359,6 +419,19 @@ int mpx__parse_redis_url(const char *url, mpx__redis_endpoint_t *ep)
             mpx__endpoint_free(ep);
         return rc;
     }
+    if (strncmp(url, "redis-cluster://", 16) == 0) {
+        rc = parse_cluster(url, shown, ep);
+        if (rc)
+            mpx__endpoint_free(ep);
+        return rc;
+    }
+    return parse_url(url, shown, ep);
+}
+
+static int parse_url(const char *url, const char *shown, mpx__redis_endpoint_t *ep)
+{
+    int rc = 0;
+    memset(ep, 0, sizeof *ep);
     if (strncmp(url, "redis://", 8) != 0)
         return mpx__fail(MPX_EINVAL, "options.redis_url '%s' must be %s", shown, URL_FORMS);
     const char *p = url + 8;
