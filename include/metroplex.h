@@ -178,13 +178,32 @@ typedef struct mpx_options {
      * 1000000). This server's own sparks are always answered from memory. */
     uint32_t remote_ttl_ms;
     size_t remote_max;
+
+    /* Key layout (docs/keyspace.md), one of enum mpx_layout. The default,
+     * MPX_LAYOUT_AUTO, is the Node-compatible layout on a single Redis and
+     * the sharded layout on a "redis-cluster://" URL. The node layout cannot
+     * run on Redis Cluster (MPX_EINVAL). Every process sharing a namespace
+     * must use the same layout; in the sharded layout, the same `shards`. */
+    int layout;
+    /* Sharded layout: the spark hash and every server's spark set are split
+     * into this many shards, spread evenly over the cluster's hash slots.
+     * Default 64; 1..16384. The first registration records the layout in
+     * "{ns}:layout"; a process configured differently fails to register with
+     * MPX_EINVAL. */
+    uint32_t shards;
 } mpx_options_t;
+
+enum mpx_layout {
+    MPX_LAYOUT_AUTO = 0,    /* node on a single Redis, sharded on a cluster */
+    MPX_LAYOUT_NODE = 1,    /* the original's keys: shared with Node metroplex */
+    MPX_LAYOUT_SHARDED = 2, /* hash-tagged shards: runs on Redis Cluster */
+};
 
 #define MPX_OPTIONS_INIT                                                       \
     {                                                                          \
         sizeof(mpx_options_t), NULL, 2000, 5000, NULL, NULL, 300000, 2000,     \
             10000, 1000, 4096, 2, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0,    \
-            1000000                                                            \
+            1000000, MPX_LAYOUT_AUTO, 64                                       \
     }
 
 /* Fill `opts` with the defaults. Thread-safety: any thread. */

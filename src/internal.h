@@ -117,6 +117,12 @@ enum mpx__script_id {
     MPX__SCRIPT_RETIRE,     /* reap or unregister: first, atomic step */
     MPX__SCRIPT_DRAIN,      /* one bounded chunk of a cleanup */
     MPX__SCRIPT_DISCONNECT, /* conditional delete of hash fields */
+    /* The sharded layout's scripts (each touches the keys of one slot). */
+    MPX__SCRIPT_S_REGISTER,
+    MPX__SCRIPT_S_HEARTBEAT,
+    MPX__SCRIPT_S_RETIRE,
+    MPX__SCRIPT_S_DRAIN,
+    MPX__SCRIPT_S_WRITE,    /* connects and conditional deletes of one shard */
     MPX__SCRIPT_COUNT
 };
 
@@ -124,24 +130,53 @@ const char *mpx__script_source(int id);
 const char *mpx__script_name(int id);
 
 typedef struct mpx__keys {
+    int layout;        /* MPX_LAYOUT_NODE or MPX_LAYOUT_SHARDED */
+    uint32_t nshards;  /* 1 in the node layout */
     char *ns;          /* "metroplex:" */
     size_t ns_len;
-    char *sparks;      /* NS "sparks" */
+    char *sparks;      /* NS "sparks" (node layout) */
     size_t sparks_len;
-    char *servers;     /* NS "servers" */
+    char *servers;     /* NS "servers"; sharded: "{ns}:servers" */
     size_t servers_len;
-    char *drains;      /* NS "drains" (our extension) */
+    char *drains;      /* NS "drains" (our extension); sharded: "{ns}:drains" */
     size_t drains_len;
+    /* Sharded layout only (docs/keyspace.md): */
+    char *ctl;         /* "{ns}:", the prefix of the control keys */
+    size_t ctl_len;
+    char *gens;        /* "{ns}:gens"   hash address -> generation */
+    size_t gens_len;
+    char *layout_key;  /* "{ns}:layout" string "sharded <S>" */
+    size_t layout_key_len;
+    char desc[32];     /* "sharded <S>" */
+    char (*tags)[8];   /* tags[s]: shard s's hash tag, NUL-terminated */
 } mpx__keys_t;
 
+/* The node layout (the original's keys). */
 int mpx__keys_init(mpx__keys_t *k, const char *ns);
+/* Either layout; shards is used by the sharded layout (1..16384). */
+int mpx__keys_init_layout(mpx__keys_t *k, const char *ns, int layout, uint32_t shards);
 void mpx__keys_free(mpx__keys_t *k);
-/* NS + address  (alive key) */
+/* The alive key: NS + address; sharded: "{ns}:alive:" + address */
 int mpx__key_alive(const mpx__keys_t *k, const char *addr, mpx__argv_t *a);
-/* NS + address + ":sparks"  (the server's spark set) */
+/* NS + address + ":sparks"  (the server's spark set; node layout) */
 int mpx__key_set(const mpx__keys_t *k, const char *addr, mpx__argv_t *a);
-/* NS + address + ":lease"  (our extension) */
+/* The lease: NS + address + ":lease"; sharded: "{ns}:lease:" + address */
 int mpx__key_lease(const mpx__keys_t *k, const char *addr, mpx__argv_t *a);
+/* The shard of a spark id: FNV-1a 32 of the id mod nshards (0: node layout). */
+uint32_t mpx__key_shard(const mpx__keys_t *k, const void *id, size_t len);
+/* The spark hash holding shard s: NS "sparks"; sharded: NS "{tag}:sparks". */
+int mpx__key_hash(const mpx__keys_t *k, uint32_t s, mpx__argv_t *a);
+/* A server's spark set for shard s: node layout NS + address + ":sparks"
+ * (s and gen ignored); sharded: NS "{tag}:" + address + ":sparks:" + gen. */
+int mpx__key_own(const mpx__keys_t *k, uint32_t s, const char *addr, const char *gen,
+                 mpx__argv_t *a);
+/* Sharded: shard s's generations hash, NS "{tag}:gens" (address -> gen). */
+int mpx__key_shard_gens(const mpx__keys_t *k, uint32_t s, mpx__argv_t *a);
+/* The slot a shard's keys live in (sharded), from its tag. */
+unsigned mpx__shard_slot(const mpx__keys_t *k, uint32_t s);
+/* The tag of the first string, in the documented order, whose hash slot is
+ * `slot` (out: at least 8 bytes). */
+void mpx__tag_for_slot(unsigned slot, char *out);
 /* NS + address + ":sparks:draining:" + token  (our extension) */
 int mpx__key_aside(const mpx__keys_t *k, const char *addr, const char *token,
                    mpx__argv_t *a);
@@ -163,6 +198,30 @@ int mpx__cmd_retire(const mpx__keys_t *k, const char *sha, const char *addr,
 int mpx__cmd_drain(const mpx__keys_t *k, const char *sha,
                    const char *aside_key, size_t aside_len, const char *addr,
                    uint32_t chunk, mpx__argv_t *a);
+
+struct mpx__op;
+/* Sharded layout commands (`shas` indexed by enum mpx__script_id).
+ * register: control slot; gen is the new registration's generation.
+ *   -> {1, moved_old_gen} | {-1, pttl, holder} | error LAYOUT mismatch */
+int mpx__cmd_s_register(const mpx__keys_t *k, const char (*shas)[41], const char *addr,
+                        uint32_t interval_ms, uint64_t now_ms, const char *instance,
+                        uint32_t lease_ms, const char *gen, mpx__argv_t *a);
+/* heartbeat -> {-1, holder} | {0, 0} (reaped: register again) | {1, alive} */
+int mpx__cmd_s_heartbeat(const mpx__keys_t *k, const char (*shas)[41], const char *addr,
+                         uint32_t interval_ms, uint64_t now_ms, const char *instance,
+                         uint32_t lease_ms, const char *gen, mpx__argv_t *a);
+/* retire -> {-1,0,''} | {0,0,''} | {was_registered, moved, gen} */
+int mpx__cmd_s_retire(const mpx__keys_t *k, const char (*shas)[41], const char *addr,
+                      const char *instance, int force, mpx__argv_t *a);
+/* drain one chunk of generation `gen` of addr in shard s; `live` is the
+ * live generation of addr as the caller believes it ("" for none).
+ *   -> {popped, removed, left} | {-2, actual_live_gen} */
+int mpx__cmd_s_drain(const mpx__keys_t *k, const char (*shas)[41], uint32_t s, const char *addr,
+                     const char *gen, const char *live, uint32_t chunk, mpx__argv_t *a);
+/* write: connects (want) and conditional deletes of ops[0..n), all of
+ * shard s, for addr's generation gen. */
+int mpx__cmd_s_write(const mpx__keys_t *k, const char (*shas)[41], uint32_t s, const char *addr,
+                     const char *gen, const struct mpx__op *ops, size_t n, mpx__argv_t *a);
 
 /* ---- conn.c ------------------------------------------------------------- */
 
@@ -301,9 +360,10 @@ size_t mpx__writer_stop(mpx_t *m, uint32_t timeout_ms);
 /* A change was queued in the cache: wake the writer if it sleeps. */
 void mpx__writer_kick(mpx_t *m);
 int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms);
-/* Start writing for `addr` (registered), or stop writing (addr NULL): when
- * stopping, waits until no batch is in flight. */
-void mpx__writer_activate(mpx_t *m, const char *addr);
+/* Start writing for `addr` (registered; `gen` its generation in the sharded
+ * layout), or stop writing (addr NULL): when stopping, waits until no batch
+ * is in flight. */
+void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen);
 /* Ask for every local spark to be written again and stale entries of this
  * server removed (after this server was found missing, Redis restarted). */
 void mpx__writer_resync(mpx_t *m);
@@ -349,6 +409,7 @@ struct mpx {
     pthread_mutex_t addr_mu;
     int state;                   /* enum mpx__state */
     char address[MPX_ADDRESS_MAX + 1];
+    char gen[64];                /* sharded: this registration's generation */
     bool address_from_api;       /* set by mpx_register (EADDRINUSE is final) */
     atomic_uint_fast64_t token_seq;
     mpx__conn_t life_conn;       /* used under life_mu */
@@ -375,6 +436,11 @@ struct mpx {
 /* registry.c helpers shared with lookup.c */
 bool mpx__local_hit(mpx_t *m, const void *id, size_t len, const mpx__srv_t **srv);
 void mpx__learn(mpx_t *m, const void *id, size_t len, const char *addr, size_t alen);
+/* Look up the owners of ids[0..n) in Redis on `c` (the caller owns it): one
+ * HMGET per shard and per 1000 ids, pipelined. found() runs for each id
+ * that has an owner. 0, or an error (then found() may have run for some). */
+int mpx__owners(mpx_t *m, mpx__conn_t *c, size_t n, const void *const *ids, const size_t *lens,
+                void (*found)(void *ctx, size_t i, const char *addr, size_t alen), void *ctx);
 mpx_list_t *mpx__list_new(size_t n);
 int mpx__list_set(mpx_list_t *l, size_t i, const char *s, size_t n);
 

@@ -95,14 +95,51 @@ static const char *elem_str(const redisReply *r, size_t i)
 /* ---- register --------------------------------------------------------------- */
 
 /* Under life_mu; state is REGISTERING with m->address set. */
+/* Sharded: mark generation `gen` as the address's live one in every shard
+ * (drains of older generations then spare its sparks). */
+static int mark_shards(mpx_t *m, mpx__conn_t *c, const char *gen)
+{
+    uint32_t ns = m->keys.nshards;
+    mpx__argv_t *cmds = calloc(ns, sizeof *cmds);
+    mpx__argv_t **cp = malloc(ns * sizeof *cp);
+    redisReply **rep = calloc(ns, sizeof *rep);
+    int *rcs = calloc(ns, sizeof *rcs);
+    int rc = cmds && cp && rep && rcs ? 0 : mpx__fail(MPX_ENOMEM, "out of memory");
+    for (uint32_t s = 0; rc == 0 && s < ns; s++) {
+        cp[s] = &cmds[s];
+        if (mpx__argv_push(&cmds[s], "HSET", 4) || mpx__key_shard_gens(&m->keys, s, &cmds[s]) ||
+            mpx__argv_push(&cmds[s], m->address, strlen(m->address)) ||
+            mpx__argv_push(&cmds[s], gen, strlen(gen)))
+            rc = mpx__fail(MPX_ENOMEM, "out of memory");
+        mpx__argv_finish(&cmds[s]);
+    }
+    if (rc == 0)
+        rc = mpx__conn_pipeline(c, ns, cp, rep, rcs);
+    for (uint32_t s = 0; cmds && s < ns; s++) {
+        if (rep && rep[s])
+            freeReplyObject(rep[s]);
+        mpx__argv_free(&cmds[s]);
+    }
+    free(cmds);
+    free(cp);
+    free(rep);
+    free(rcs);
+    return rc;
+}
+
 static int do_register(mpx_t *m, mpx__conn_t *c)
 {
+    bool sharded = m->keys.layout == MPX_LAYOUT_SHARDED;
     char token[64];
     mpx__token(m, token);
     mpx__argv_t a;
     mpx__argv_init(&a);
     int rc = mpx__conn_ensure(c, true);
-    if (rc == 0)
+    if (rc == 0 && sharded)
+        rc = mpx__cmd_s_register(&m->keys, (const char(*)[41])c->shas, m->address,
+                                 m->opt.interval_ms, mpx__epoch_ms(), m->instance,
+                                 m->opt.lease_ms, token, &a);
+    else if (rc == 0)
         rc = mpx__cmd_register(&m->keys, c->shas[MPX__SCRIPT_REGISTER], m->address,
                                m->opt.interval_ms, mpx__epoch_ms(), m->instance, m->opt.lease_ms,
                                token, &a);
@@ -110,8 +147,18 @@ static int do_register(mpx_t *m, mpx__conn_t *c)
     if (rc == 0)
         rc = mpx__conn_command(c, &a, &r);
     mpx__argv_free(&a);
+    if (rc == MPX_EREDIS && strstr(mpx_last_error(), "LAYOUT ")) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", strstr(mpx_last_error(), "LAYOUT ") + 7);
+        return mpx__fail(MPX_EINVAL, "register %s: %s (options.layout and options.shards must "
+                         "match every process of namespace '%s')", m->address, why, m->ns);
+    }
     if (rc)
         return rc;
+    if (sharded && elem_int(r, 0) == 1 && (rc = mark_shards(m, c, token)) != 0) {
+        freeReplyObject(r);
+        return rc;
+    }
     long long status = elem_int(r, 0);
     if (status == -1) {
         rc = mpx__fail(MPX_EADDRINUSE,
@@ -124,11 +171,12 @@ static int do_register(mpx_t *m, mpx__conn_t *c)
     } else {
         c->run_id_changed = false;
         atomic_store(&m->self_srv, mpx__cache_intern(m->cache, m->address, strlen(m->address)));
+        memcpy(m->gen, token, sizeof m->gen);
         set_state(m, MPX__REGISTERED, m->address);
         /* Write every spark connected so far (also after the address was
          * lost and registered again), then start writing changes. */
         mpx__writer_resync(m);
-        mpx__writer_activate(m, m->address);
+        mpx__writer_activate(m, m->address, m->gen);
         /* A move-aside (elem 1) is drained by the heartbeat thread. */
     }
     freeReplyObject(r);
@@ -211,6 +259,130 @@ static int drain_one(mpx_t *m, mpx__conn_t *c, const char *aside, size_t aside_l
     return rc;
 }
 
+/* Sharded: drain generation `gen` of addr in every shard (one chunk per
+ * shard per round, the shards' scripts pipelined), until every shard is
+ * empty or the deadline (0: none); then drop the drains entry. */
+static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen,
+                     uint64_t deadline, bool *more)
+{
+    const mpx__keys_t *k = &m->keys;
+    uint32_t ns = k->nshards;
+    char live0[64] = "";
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    redisReply *r = NULL;
+    int rc = mpx__argv_push(&a, "HGET", 4) | mpx__argv_push(&a, k->gens, k->gens_len) |
+             mpx__argv_push(&a, addr, strlen(addr));
+    if (rc)
+        rc = mpx__fail(MPX_ENOMEM, "out of memory");
+    else if ((rc = mpx__conn_command(c, &a, &r)) == 0) {
+        if (r->type == REDIS_REPLY_STRING && r->len < sizeof live0)
+            memcpy(live0, r->str, r->len + 1);
+        freeReplyObject(r);
+    }
+    mpx__argv_free(&a);
+    if (rc)
+        return rc;
+    if (strcmp(live0, gen) == 0)
+        return mpx__fail(MPX_ESTATE, "drain of %s generation %s: it is still the live "
+                         "generation in %s; left alone", addr, gen, k->gens);
+
+    uint32_t *act = malloc(ns * sizeof *act), nact = ns;
+    char (*live)[64] = malloc(ns * sizeof *live);
+    mpx__argv_t *cmds = calloc(ns, sizeof *cmds);
+    mpx__argv_t **cp = malloc(ns * sizeof *cp);
+    redisReply **rep = calloc(ns, sizeof *rep);
+    int *rcs = calloc(ns, sizeof *rcs);
+    if (!act || !live || !cmds || !cp || !rep || !rcs) {
+        rc = mpx__fail(MPX_ENOMEM, "out of memory");
+        nact = 0;
+    }
+    for (uint32_t i = 0; i < nact; i++) {
+        act[i] = i;
+        memcpy(live[i], live0, sizeof live0);
+    }
+    int first_err = 0;
+    char first_msg[256] = "";
+    for (unsigned round = 0; rc == 0 && nact > 0 && round < 10000000u; round++) {
+        if (deadline && mpx__now_ms() >= deadline) {
+            *more = true;
+            break;
+        }
+        for (uint32_t j = 0; j < nact; j++) {
+            mpx__argv_reset(&cmds[j]);
+            cp[j] = &cmds[j];
+            if (mpx__cmd_s_drain(k, (const char(*)[41])c->shas, act[j], addr, gen, live[act[j]],
+                                 m->opt.reap_chunk, &cmds[j]))
+                rc = mpx__fail(MPX_ENOMEM, "out of memory");
+            mpx__argv_finish(&cmds[j]);
+        }
+        if (rc)
+            break;
+        int prc = mpx__conn_pipeline(c, nact, cp, rep, rcs);
+        uint32_t keep = 0;
+        for (uint32_t j = 0; j < nact; j++) {
+            uint32_t sh = act[j];
+            if (rcs[j] == MPX_EREDIS || rcs[j] == MPX_EPROTO) {
+                /* A broken shard (e.g. the set of a wrong type, discarded by
+                 * the script) must not block the others. */
+                if (!first_err) {
+                    first_err = rcs[j];
+                    snprintf(first_msg, sizeof first_msg, "%s", mpx_last_error());
+                }
+                continue;
+            } else if (rcs[j] || !rep[j]) {
+                rc = rcs[j] ? rcs[j] : prc ? prc : MPX_EPROTO;
+                act[keep++] = sh;
+                continue;
+            }
+            long long e0 = elem_int(rep[j], 0);
+            if (e0 == -2) {
+                snprintf(live[sh], sizeof live[sh], "%s", elem_str(rep[j], 1));
+                act[keep++] = sh;
+            } else if (e0 < 0 || elem_int(rep[j], 1) < 0 || elem_int(rep[j], 2) < 0) {
+                if (!first_err) {
+                    first_err = MPX_EPROTO;
+                    snprintf(first_msg, sizeof first_msg,
+                             "unexpected reply from the sharded drain script");
+                }
+            } else {
+                atomic_fetch_add_explicit(&m->n.reaped_sparks, (uint64_t)elem_int(rep[j], 1),
+                                          memory_order_relaxed);
+                if (elem_int(rep[j], 2) > 0)
+                    act[keep++] = sh;
+            }
+            freeReplyObject(rep[j]);
+            rep[j] = NULL;
+        }
+        for (uint32_t j = 0; j < nact; j++)
+            if (rep[j]) {
+                freeReplyObject(rep[j]);
+                rep[j] = NULL;
+            }
+        nact = keep;
+    }
+    for (uint32_t j = 0; cmds && j < ns; j++)
+        mpx__argv_free(&cmds[j]);
+    free(act);
+    free(live);
+    free(cmds);
+    free(cp);
+    free(rep);
+    free(rcs);
+    if (rc == 0 && nact == 0 && !*more && !first_err) {
+        mpx__argv_init(&a);
+        if (mpx__argv_push(&a, "HDEL", 4) | mpx__argv_push(&a, k->drains, k->drains_len) |
+            mpx__argv_push(&a, gen, strlen(gen)))
+            rc = mpx__fail(MPX_ENOMEM, "out of memory");
+        else if ((rc = mpx__conn_command(c, &a, &r)) == 0)
+            freeReplyObject(r);
+        mpx__argv_free(&a);
+    }
+    if (rc == 0 && first_err)
+        rc = mpx__fail(first_err, "drain of %s generation %s: %s", addr, gen, first_msg);
+    return rc;
+}
+
 int mpx__drain_all(mpx_t *m, mpx__conn_t *c, uint64_t budget_ms, bool *more)
 {
     uint64_t deadline = budget_ms ? mpx__now_ms() + budget_ms : 0;
@@ -236,8 +408,13 @@ int mpx__drain_all(mpx_t *m, mpx__conn_t *c, uint64_t budget_ms, bool *more)
         if (v->len > MPX_ADDRESS_MAX)
             continue;
         memcpy(addr, v->str, v->len + 1);
-        int one = drain_one(m, c, k->str, k->len, addr, deadline, more);
-        if (one == MPX_EREDIS || one == MPX_EPROTO) {
+        int one;
+        if (m->keys.layout == MPX_LAYOUT_SHARDED)
+            one = k->len < 64 ? drain_gen(m, c, addr, k->str, deadline, more)
+                              : mpx__fail(MPX_EPROTO, "generation name too long");
+        else
+            one = drain_one(m, c, k->str, k->len, addr, deadline, more);
+        if (one == MPX_EREDIS || one == MPX_EPROTO || one == MPX_ESTATE) {
             /* A broken entry (e.g. the aside key of a wrong type) must not
              * block the others: report it and go on. */
             mpx__report(m, one, "reaping: drain of %.*s: %s", (int)k->len, k->str,
@@ -299,8 +476,13 @@ int mpx__reap_pass(mpx_t *m, mpx__conn_t *c, size_t *reaped, uint64_t drain_budg
         char token[64];
         mpx__token(m, token);
         mpx__argv_reset(&a);
-        if ((rc = mpx__cmd_retire(&m->keys, c->shas[MPX__SCRIPT_RETIRE], e->str, m->instance,
-                                  token, 0, &a)))
+        if (m->keys.layout == MPX_LAYOUT_SHARDED)
+            rc = mpx__cmd_s_retire(&m->keys, (const char(*)[41])c->shas, e->str, m->instance, 0,
+                                   &a);
+        else
+            rc = mpx__cmd_retire(&m->keys, c->shas[MPX__SCRIPT_RETIRE], e->str, m->instance,
+                                 token, 0, &a);
+        if (rc)
             break;
         redisReply *r;
         if ((rc = mpx__conn_command(c, &a, &r)))
@@ -375,7 +557,7 @@ int mpx_unregister(mpx_t *mpx)
     memcpy(addr, mpx->address, sizeof addr);
     bool was_registered = mpx->state == MPX__REGISTERED;
     /* No batch may run after the retire script, or it would recreate keys. */
-    mpx__writer_activate(mpx, NULL);
+    mpx__writer_activate(mpx, NULL, NULL);
     set_state(mpx, MPX__UNREGISTERED, NULL);
     atomic_store(&mpx->self_srv, NULL);
     mpx__cache_drop_own(mpx->cache);
@@ -389,7 +571,11 @@ int mpx_unregister(mpx_t *mpx)
         mpx__argv_init(&a);
         redisReply *r = NULL;
         rc = mpx__conn_ensure(c, true);
-        if (rc == 0)
+        bool sharded = mpx->keys.layout == MPX_LAYOUT_SHARDED;
+        if (rc == 0 && sharded)
+            rc = mpx__cmd_s_retire(&mpx->keys, (const char(*)[41])c->shas, addr, mpx->instance,
+                                   1, &a);
+        else if (rc == 0)
             rc = mpx__cmd_retire(&mpx->keys, c->shas[MPX__SCRIPT_RETIRE], addr, mpx->instance,
                                  token, 1, &a);
         if (rc == 0)
@@ -400,7 +586,13 @@ int mpx_unregister(mpx_t *mpx)
                                "unregister %s: the address is now held by another instance; "
                                "its keys were left alone",
                                addr);
-            else if (elem_int(r, 1) == 1) {
+            else if (elem_int(r, 1) == 1 && sharded) {
+                /* Drain our own generation now, in chunks. */
+                char gen[64];
+                snprintf(gen, sizeof gen, "%s", elem_str(r, 2));
+                bool more = false;
+                rc = drain_gen(mpx, c, addr, gen, 0, &more);
+            } else if (elem_int(r, 1) == 1) {
                 /* Drain our own aside set now, in chunks. */
                 mpx__argv_reset(&a);
                 mpx__key_aside(&mpx->keys, addr, token, &a);
@@ -473,9 +665,15 @@ static void tick(mpx_t *m, hb_state_t *hs)
     mpx__argv_t a;
     mpx__argv_init(&a);
     redisReply *r = NULL;
-    rc = mpx__cmd_heartbeat(&m->keys, c->shas[MPX__SCRIPT_HEARTBEAT], m->address,
-                            m->opt.interval_ms, mpx__epoch_ms(), m->instance, m->opt.lease_ms, 1,
-                            &a);
+    bool sharded = m->keys.layout == MPX_LAYOUT_SHARDED;
+    if (sharded)
+        rc = mpx__cmd_s_heartbeat(&m->keys, (const char(*)[41])c->shas, m->address,
+                                  m->opt.interval_ms, mpx__epoch_ms(), m->instance,
+                                  m->opt.lease_ms, m->gen, &a);
+    else
+        rc = mpx__cmd_heartbeat(&m->keys, c->shas[MPX__SCRIPT_HEARTBEAT], m->address,
+                                m->opt.interval_ms, mpx__epoch_ms(), m->instance,
+                                m->opt.lease_ms, 1, &a);
     if (rc == 0)
         rc = mpx__conn_command(c, &a, &r);
     mpx__argv_free(&a);
@@ -490,12 +688,30 @@ static void tick(mpx_t *m, hb_state_t *hs)
                     "longer than the lease?); stopped writing, %zu local sparks kept in memory",
                     m->address, elem_str(r, 1), own_count(m));
         freeReplyObject(r);
-        mpx__writer_activate(m, NULL);
+        mpx__writer_activate(m, NULL, NULL);
         set_state(m, MPX__UNREGISTERED, m->address);
         return;
     }
     freeReplyObject(r);
     atomic_fetch_add_explicit(&m->n.heartbeats, 1, memory_order_relaxed);
+    if (sharded && present == 0) {
+        /* Reaped (or the control keys lost): register again under a new
+         * generation; the old one is being drained. Registering rewrites
+         * every local spark. */
+        atomic_fetch_add_explicit(&m->n.reregistered, 1, memory_order_relaxed);
+        mpx__report(m, MPX_ESTATE,
+                    "heartbeat: %s was missing from the servers set (reaped, or Redis lost its "
+                    "data); registering again and rewriting %zu local sparks",
+                    m->address, own_count(m));
+        set_state(m, MPX__REGISTERING, m->address);
+        if ((rc = do_register(m, c)) == 0) {
+            mpx__emit_register(m, m->address);
+            hs->drains_pending = true;
+        } else {
+            mpx__report(m, rc, "registering again: %s (retrying)", mpx_last_error());
+        }
+        return;
+    }
     if (present == 0 || restarted) {
         atomic_fetch_add_explicit(&m->n.reregistered, 1, memory_order_relaxed);
         mpx__report(m, MPX_ESTATE,

@@ -4,8 +4,8 @@
  * Callers copy their ids into a request and append it to a queue (mutex +
  * condition variable); they never wait. The thread ("mpx-lookup", its own
  * Redis connection) takes every queued request at once, answers what the
- * cache knows, sends one HMGET per request for the rest, all pipelined in
- * one round trip, then runs each request's callback, in submission order.
+ * cache knows, sends one HMGET per shard for the rest of all of them,
+ * pipelined in one round trip (mpx__owners), then runs each request's callback, in submission order.
  * A request whose round trip failed gets its callback with the error.
  * At destroy, requests not yet answered get MPX_ECLOSED.
  */
@@ -74,83 +74,56 @@ static void prepare(mpx_t *m, req_t *r)
     }
 }
 
+typedef struct flat {
+    mpx_t *m;
+    req_t **req;     /* the request of each flattened miss */
+    size_t *idx;     /* the id's index in its request */
+} flat_t;
+
+static void found(void *ctx, size_t i, const char *addr, size_t alen)
+{
+    flat_t *f = ctx;
+    req_t *r = f->req[i];
+    size_t k = f->idx[i];
+    mpx__learn(f->m, r->ids[k], r->lens[k], addr, alen);
+    if (!r->err && mpx__list_set(r->res, k, addr, alen))
+        r->err = MPX_ENOMEM;
+}
+
 static void serve(mpx_t *m, mpx__lookup_t *lk, req_t *batch)
 {
-    mpx__argv_t a;
-    mpx__argv_init(&a);
-    int rc = 0;
-    for (req_t *r = batch; r; r = r->next)
+    size_t total = 0;
+    for (req_t *r = batch; r; r = r->next) {
         prepare(m, r);
-    /* Send one HMGET per request with misses, pipelined. */
-    bool any = false;
-    for (req_t *r = batch; r; r = r->next)
-        any |= r->nmiss > 0 && !r->err;
-    if (any && (rc = mpx__conn_ensure(&lk->conn, false)) != 0) {
-        for (req_t *r = batch; r; r = r->next)
-            if (r->nmiss && !r->err)
-                r->err = rc;
-        any = false;
+        if (!r->err)
+            total += r->nmiss;
     }
-    size_t sent = 0;
-    for (req_t *r = batch; any && r && !rc; r = r->next) {
-        if (!r->nmiss || r->err)
-            continue;
-        mpx__argv_reset(&a);
-        rc = mpx__argv_push(&a, "HMGET", 5) |
-             mpx__argv_push(&a, m->keys.sparks, m->keys.sparks_len);
-        for (size_t k = 0; k < r->nmiss && !rc; k++)
-            rc = mpx__argv_push(&a, r->ids[r->miss[k]], r->lens[r->miss[k]]);
-        if (rc)
-            rc = MPX_ENOMEM;
-        else
-            rc = mpx__conn_append(&lk->conn, &a);
-        if (!rc)
-            sent++;
-    }
-    if (rc && sent) {
-        /* Could not build every request: the ones already appended are
-         * failed below, and their unread replies must not be taken for the
-         * next batch's: drop the connection. */
-        mpx__conn_close(&lk->conn);
-        for (req_t *r = batch; r; r = r->next)
-            if (r->nmiss && !r->err)
-                r->err = rc;
-        any = false;
-    }
-    /* Read the replies in order; an I/O error fails every request sent. */
-    for (req_t *r = batch; any && r; r = r->next) {
-        if (!r->nmiss || r->err)
-            continue;
-        if (sent == 0) {
-            r->err = rc ? rc : MPX_ECONN;
-            continue;
-        }
-        sent--;
-        redisReply *rep = NULL;
-        int rrc = rc ? rc : mpx__conn_read(&lk->conn, &rep);
-        if (rrc) {
-            rc = rrc;
-            r->err = rrc;
-            continue;
-        }
-        if (rep->type == REDIS_REPLY_ERROR) {
-            r->err = MPX_EREDIS;
-        } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != r->nmiss) {
-            r->err = MPX_EPROTO;
-        } else {
-            for (size_t k = 0; k < r->nmiss && !r->err; k++) {
-                redisReply *e = rep->element[k];
-                if (e->type != REDIS_REPLY_STRING)
-                    continue;
-                size_t i = r->miss[k];
-                mpx__learn(m, r->ids[i], r->lens[i], e->str, e->len);
-                if (mpx__list_set(r->res, i, e->str, e->len))
-                    r->err = MPX_ENOMEM;
+    /* Every miss of the batch in one call: one HMGET per shard, all
+     * pipelined in one round trip (per node on a cluster). */
+    if (total > 0) {
+        flat_t f = {m, malloc(total * sizeof *f.req), malloc(total * sizeof *f.idx)};
+        const void **ids = malloc(total * sizeof *ids);
+        size_t *lens = malloc(total * sizeof *lens);
+        int rc = f.req && f.idx && ids && lens ? 0 : MPX_ENOMEM;
+        size_t j = 0;
+        for (req_t *r = batch; rc == 0 && r; r = r->next)
+            for (size_t k = 0; !r->err && k < r->nmiss; k++, j++) {
+                f.req[j] = r;
+                f.idx[j] = r->miss[k];
+                ids[j] = r->ids[r->miss[k]];
+                lens[j] = r->lens[r->miss[k]];
             }
-        }
-        freeReplyObject(rep);
+        if (rc == 0 && (rc = mpx__conn_ensure(&lk->conn, false)) == 0)
+            rc = mpx__owners(m, &lk->conn, total, ids, lens, found, &f);
+        if (rc)
+            for (req_t *r = batch; r; r = r->next)
+                if (r->nmiss && !r->err)
+                    r->err = rc;
+        free(f.req);
+        free(f.idx);
+        free(ids);
+        free(lens);
     }
-    mpx__argv_free(&a);
     while (batch) {
         req_t *next = batch->next;
         finish(m, batch);

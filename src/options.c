@@ -49,7 +49,18 @@ int mpx__check_options(const mpx_options_t *in, mpx_options_t *out)
     mpx__redis_endpoint_t ep;
     if ((rc = mpx__parse_redis_url(out->redis_url, &ep)) != 0)
         return rc;
+    bool cluster = ep.cluster;
     mpx__endpoint_free(&ep);
+    if (out->layout == MPX_LAYOUT_AUTO)
+        out->layout = cluster ? MPX_LAYOUT_SHARDED : MPX_LAYOUT_NODE;
+    if (out->layout != MPX_LAYOUT_NODE && out->layout != MPX_LAYOUT_SHARDED)
+        return mpx__fail(MPX_EINVAL, "options.layout (%d) must be MPX_LAYOUT_AUTO (0), "
+                         "MPX_LAYOUT_NODE (1) or MPX_LAYOUT_SHARDED (2)", out->layout);
+    if (cluster && out->layout == MPX_LAYOUT_NODE)
+        return mpx__fail(MPX_EINVAL, "options.layout: the node layout keeps every spark in one "
+                         "hash and cannot run on Redis Cluster; use MPX_LAYOUT_SHARDED");
+    if ((rc = check_range("shards", out->shards, 1, 16384)))
+        return rc;
 
     if ((rc = check_range("connect_timeout_ms", out->connect_timeout_ms, 1, 600000)) ||
         (rc = check_range("command_timeout_ms", out->command_timeout_ms, 1, 600000)))

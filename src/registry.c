@@ -129,7 +129,7 @@ int mpx_create(const mpx_options_t *opts, mpx_t **out)
     m->opt.ns = m->ns;
     m->opt.address = NULL; /* copied into m->address below */
     if ((rc = mpx__parse_redis_url(m->redis_url, &m->ep)) != 0 ||
-        (rc = mpx__keys_init(&m->keys, m->ns)) != 0) {
+        (rc = mpx__keys_init_layout(&m->keys, m->ns, o.layout, o.shards)) != 0) {
         free_handle(m);
         return rc == MPX_ENOMEM ? mpx__fail(rc, "out of memory") : rc;
     }
@@ -288,6 +288,108 @@ void mpx__learn(mpx_t *m, const void *id, size_t len, const char *addr, size_t a
         mpx__cache_learn(m->cache, id, len, srv, mpx__now_ms() + m->opt.remote_ttl_ms);
 }
 
+/* ---- owners in Redis -------------------------------------------------------------- */
+
+typedef struct owner {
+    bool found;
+    size_t len;
+    char addr[MPX_ADDRESS_MAX + 1];
+} owner_t;
+
+static void one_owner(void *ctx, size_t i, const char *addr, size_t alen)
+{
+    owner_t *o = ctx;
+    (void)i;
+    if (alen > MPX_ADDRESS_MAX)
+        alen = MPX_ADDRESS_MAX;
+    memcpy(o->addr, addr, alen);
+    o->addr[alen] = 0;
+    o->len = alen;
+    o->found = true;
+}
+
+#define OWNERS_PER_CMD 1000
+
+int mpx__owners(mpx_t *m, mpx__conn_t *c, size_t n, const void *const *ids, const size_t *lens,
+                void (*found)(void *ctx, size_t i, const char *addr, size_t alen), void *ctx)
+{
+    if (n == 0)
+        return 0;
+    const mpx__keys_t *k = &m->keys;
+    /* Order the ids by shard (a counting sort), then one HMGET per shard
+     * and per OWNERS_PER_CMD ids, all pipelined. */
+    uint32_t ns = k->nshards;
+    size_t *count = calloc((size_t)ns + 1, sizeof *count);
+    size_t *order = malloc(n * sizeof *order);
+    uint32_t *shard = malloc(n * sizeof *shard);
+    size_t ncmd_max = n + ns;
+    mpx__argv_t *cmds = calloc(ncmd_max, sizeof *cmds);
+    mpx__argv_t **cp = malloc(ncmd_max * sizeof *cp);
+    size_t *first = malloc(ncmd_max * sizeof *first);
+    redisReply **rep = calloc(ncmd_max, sizeof *rep);
+    int *rcs = calloc(ncmd_max, sizeof *rcs);
+    int rc = 0;
+    size_t ncmd = 0;
+    if (!count || !order || !shard || !cmds || !cp || !first || !rep || !rcs) {
+        rc = mpx__fail(MPX_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        shard[i] = mpx__key_shard(k, ids[i], lens[i]);
+        count[shard[i] + 1]++;
+    }
+    for (uint32_t s = 0; s < ns; s++)
+        count[s + 1] += count[s];
+    for (size_t i = 0; i < n; i++)
+        order[count[shard[i]]++] = i;
+    for (size_t p = 0; p < n && rc == 0;) {
+        uint32_t s = shard[order[p]];
+        size_t q = p;
+        mpx__argv_t *a = &cmds[ncmd];
+        first[ncmd] = p;
+        cp[ncmd++] = a;
+        int r = mpx__argv_push(a, "HMGET", 5) | mpx__key_hash(k, s, a);
+        while (q < n && q - p < OWNERS_PER_CMD && shard[order[q]] == s) {
+            r |= mpx__argv_push(a, ids[order[q]], lens[order[q]]);
+            q++;
+        }
+        mpx__argv_finish(a);
+        if (r)
+            rc = mpx__fail(MPX_ENOMEM, "out of memory");
+        p = q;
+    }
+    if (rc == 0)
+        rc = mpx__conn_pipeline(c, ncmd, cp, rep, rcs);
+    for (size_t j = 0; rc == 0 && j < ncmd; j++) {
+        size_t want = cmds[j].argc - 2;
+        if (rep[j]->type != REDIS_REPLY_ARRAY || rep[j]->elements != want) {
+            rc = mpx__fail(MPX_EPROTO, "HMGET %.*s: unexpected reply", (int)cmds[j].lens[1],
+                           cmds[j].argv[1]);
+            break;
+        }
+        for (size_t e = 0; e < want; e++) {
+            redisReply *x = rep[j]->element[e];
+            if (x->type == REDIS_REPLY_STRING)
+                found(ctx, order[first[j] + e], x->str, x->len);
+        }
+    }
+out:
+    for (size_t j = 0; j < ncmd; j++) {
+        if (rep && rep[j])
+            freeReplyObject(rep[j]);
+        mpx__argv_free(&cmds[j]);
+    }
+    free(count);
+    free(order);
+    free(shard);
+    free(cmds);
+    free(cp);
+    free(first);
+    free(rep);
+    free(rcs);
+    return rc;
+}
+
 static int sync_command(mpx_t *m, mpx__argv_t *a, redisReply **r)
 {
     pthread_mutex_lock(&m->sync_mu);
@@ -307,25 +409,16 @@ int mpx_spark(mpx_t *mpx, const void *id, size_t len, char *buf, size_t *buflen)
     const mpx__srv_t *srv;
     if (mpx__local_hit(mpx, id, len, &srv))
         return copy_out(srv->addr, srv->len, buf, buflen);
-    mpx__argv_t a;
-    mpx__argv_init(&a);
-    mpx__argv_push(&a, "HGET", 4);
-    mpx__argv_push(&a, mpx->keys.sparks, mpx->keys.sparks_len);
-    mpx__argv_push(&a, id, len);
-    redisReply *r;
-    rc = sync_command(mpx, &a, &r);
-    mpx__argv_free(&a);
-    if (rc)
-        return rc;
-    if (r->type == REDIS_REPLY_NIL)
+    owner_t o = {0};
+    pthread_mutex_lock(&mpx->sync_mu);
+    rc = mpx__owners(mpx, &mpx->sync_conn, 1, &id, &len, one_owner, &o);
+    pthread_mutex_unlock(&mpx->sync_mu);
+    if (rc == 0 && !o.found)
         rc = mpx__fail(MPX_ENOTFOUND, "spark not found");
-    else if (r->type != REDIS_REPLY_STRING)
-        rc = mpx__fail(MPX_EPROTO, "HGET %s: not a string reply", mpx->keys.sparks);
-    else {
-        mpx__learn(mpx, id, len, r->str, r->len);
-        rc = copy_out(r->str, r->len, buf, buflen);
+    else if (rc == 0) {
+        mpx__learn(mpx, id, len, o.addr, o.len);
+        rc = copy_out(o.addr, o.len, buf, buflen);
     }
-    freeReplyObject(r);
     return rc;
 }
 
@@ -367,6 +460,23 @@ int mpx__list_set(mpx_list_t *l, size_t i, const char *s, size_t n)
     return 0;
 }
 
+typedef struct many {
+    mpx_t *m;
+    mpx_list_t *l;
+    const size_t *miss;
+    const void **ids;
+    const size_t *lens;
+    int err;
+} many_t;
+
+static void many_owner(void *ctx, size_t k, const char *addr, size_t alen)
+{
+    many_t *c = ctx;
+    mpx__learn(c->m, c->ids[k], c->lens[k], addr, alen);
+    if (mpx__list_set(c->l, c->miss[k], addr, alen))
+        c->err = MPX_ENOMEM;
+}
+
 int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
                mpx_list_t **out)
 {
@@ -383,48 +493,34 @@ int mpx_sparks(mpx_t *mpx, const void *const *ids, const size_t *lens, size_t n,
     mpx_list_t *l = mpx__list_new(n);
     if (!l)
         return mpx__fail(MPX_ENOMEM, "out of memory");
-    mpx__argv_t a;
-    mpx__argv_init(&a);
     size_t *miss = malloc((n ? n : 1) * sizeof *miss), nmiss = 0;
-    rc = miss ? 0 : MPX_ENOMEM;
-    if (rc == 0)
-        rc = mpx__argv_push(&a, "HMGET", 5) |
-             mpx__argv_push(&a, mpx->keys.sparks, mpx->keys.sparks_len);
+    const void **mids = malloc((n ? n : 1) * sizeof *mids);
+    size_t *mlens = malloc((n ? n : 1) * sizeof *mlens);
+    rc = miss && mids && mlens ? 0 : MPX_ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         size_t len = lens ? lens[i] : strlen(ids[i]);
         const mpx__srv_t *srv;
         if (mpx__local_hit(mpx, ids[i], len, &srv)) {
             rc = mpx__list_set(l, i, srv->addr, srv->len);
         } else {
+            mids[nmiss] = ids[i];
+            mlens[nmiss] = len;
             miss[nmiss++] = i;
-            rc = mpx__argv_push(&a, ids[i], len);
         }
     }
     if (rc) {
         rc = mpx__fail(MPX_ENOMEM, "out of memory");
     } else if (nmiss > 0) {
-        redisReply *r;
-        rc = sync_command(mpx, &a, &r);
-        if (rc == 0) {
-            if (r->type != REDIS_REPLY_ARRAY || r->elements != nmiss) {
-                rc = mpx__fail(MPX_EPROTO, "HMGET %s: unexpected reply", mpx->keys.sparks);
-            } else {
-                for (size_t k = 0; rc == 0 && k < nmiss; k++) {
-                    redisReply *e = r->element[k];
-                    if (e->type == REDIS_REPLY_STRING) {
-                        size_t i = miss[k];
-                        mpx__learn(mpx, ids[i], lens ? lens[i] : strlen(ids[i]), e->str, e->len);
-                        rc = mpx__list_set(l, i, e->str, e->len);
-                    }
-                }
-                if (rc)
-                    rc = mpx__fail(MPX_ENOMEM, "out of memory");
-            }
-            freeReplyObject(r);
-        }
+        many_t ctx = {mpx, l, miss, mids, mlens, 0};
+        pthread_mutex_lock(&mpx->sync_mu);
+        rc = mpx__owners(mpx, &mpx->sync_conn, nmiss, mids, mlens, many_owner, &ctx);
+        pthread_mutex_unlock(&mpx->sync_mu);
+        if (rc == 0 && ctx.err)
+            rc = mpx__fail(MPX_ENOMEM, "out of memory");
     }
     free(miss);
-    mpx__argv_free(&a);
+    free(mids);
+    free(mlens);
     if (rc) {
         mpx_list_free(l);
         return rc;

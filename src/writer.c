@@ -51,6 +51,7 @@ struct mpx__writer {
     uint64_t stop_deadline_ms;
     uint64_t requested, completed; /* flush cycles, under mu */
     char addr[MPX_ADDRESS_MAX + 1];
+    char gen[64];                  /* sharded: the registration's generation */
     atomic_bool sleeping;          /* the thread waits for work */
     mpx__conn_t conn;              /* writer thread only */
 };
@@ -310,67 +311,238 @@ static bool write_cycle(mpx_t *m, mpx__writer_t *w, const char *addr, tx_t tx[2]
     return ok;
 }
 
+/* ---- the sharded layout ------------------------------------------------------
+ * A cycle pulls batches of at most batch_max ops as above, orders each by
+ * shard (a counting sort), and sends one `sharded write` script per shard
+ * and per MPX__CMD_IDS ids: single-slot commands, pipelined (per master on
+ * a cluster) by mpx__conn_pipeline. No MULTI: each script is atomic and is
+ * acknowledged on its own; the ones that fail are sent again (they are
+ * idempotent) until written or given up. */
+
+typedef struct sgroup {
+    size_t first, n;  /* ops[first .. first + n) of one shard */
+    uint32_t shard;
+    bool done;
+} sgroup_t;
+
+typedef struct sbatch {
+    mpx__op_t *ops;        /* ordered by shard */
+    uint32_t *shard;       /* per op, before ordering */
+    size_t *count;         /* nshards + 1 */
+    sgroup_t *g;
+    size_t ng;
+    mpx__argv_t *cmds;
+    mpx__argv_t **cp;
+    redisReply **rep;
+    int *rcs;
+    size_t cap_g;
+} sbatch_t;
+
+static void sbatch_free(sbatch_t *b)
+{
+    for (size_t i = 0; b->cmds && i < b->cap_g; i++)
+        mpx__argv_free(&b->cmds[i]);
+    free(b->ops);
+    free(b->shard);
+    free(b->count);
+    free(b->g);
+    free(b->cmds);
+    free(b->cp);
+    free(b->rep);
+    free(b->rcs);
+    memset(b, 0, sizeof *b);
+}
+
+static int sbatch_init(sbatch_t *b, size_t batch_max, uint32_t nshards)
+{
+    memset(b, 0, sizeof *b);
+    b->cap_g = batch_max < (size_t)nshards ? batch_max : (size_t)nshards;
+    b->cap_g += batch_max / MPX__CMD_IDS + 1;
+    b->ops = malloc(batch_max * sizeof *b->ops);
+    b->shard = malloc(batch_max * sizeof *b->shard);
+    b->count = malloc(((size_t)nshards + 1) * sizeof *b->count);
+    b->g = malloc(b->cap_g * sizeof *b->g);
+    b->cmds = calloc(b->cap_g, sizeof *b->cmds);
+    b->cp = malloc(b->cap_g * sizeof *b->cp);
+    b->rep = calloc(b->cap_g, sizeof *b->rep);
+    b->rcs = calloc(b->cap_g, sizeof *b->rcs);
+    if (!b->ops || !b->shard || !b->count || !b->g || !b->cmds || !b->cp || !b->rep || !b->rcs) {
+        sbatch_free(b);
+        return MPX_ENOMEM;
+    }
+    return 0;
+}
+
+/* Order ops[0..n) by shard into b->ops and cut it into groups. */
+static void sbatch_group(mpx_t *m, sbatch_t *b, const mpx__op_t *ops, size_t n)
+{
+    uint32_t ns = m->keys.nshards;
+    memset(b->count, 0, ((size_t)ns + 1) * sizeof *b->count);
+    for (size_t i = 0; i < n; i++) {
+        b->shard[i] = mpx__key_shard(&m->keys, ops[i].id, ops[i].len);
+        b->count[b->shard[i] + 1]++;
+    }
+    for (uint32_t s = 0; s < ns; s++)
+        b->count[s + 1] += b->count[s];
+    for (size_t i = 0; i < n; i++)
+        b->ops[b->count[b->shard[i]]++] = ops[i];
+    b->ng = 0;
+    for (size_t p = 0; p < n;) {
+        uint32_t s = mpx__key_shard(&m->keys, b->ops[p].id, b->ops[p].len);
+        size_t q = p + 1;
+        while (q < n && q - p < MPX__CMD_IDS &&
+               mpx__key_shard(&m->keys, b->ops[q].id, b->ops[q].len) == s)
+            q++;
+        b->g[b->ng++] = (sgroup_t){p, q - p, s, false};
+        p = q;
+    }
+}
+
+/* Send every group not yet done, once. Acknowledges the ones written.
+ * Returns 0 when all are done. */
+static int sbatch_send(mpx_t *m, mpx__writer_t *w, sbatch_t *b, const char *addr,
+                       const char *gen)
+{
+    size_t k = 0;
+    int rc = 0;
+    for (size_t i = 0; i < b->ng; i++) {
+        if (b->g[i].done)
+            continue;
+        mpx__argv_t *a = &b->cmds[k];
+        mpx__argv_reset(a);
+        if (mpx__cmd_s_write(&m->keys, (const char(*)[41])w->conn.shas, b->g[i].shard, addr, gen,
+                             b->ops + b->g[i].first, b->g[i].n, a))
+            return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
+        mpx__argv_finish(a);
+        b->cp[k++] = a;
+    }
+    if (k == 0)
+        return 0;
+    rc = mpx__conn_pipeline(&w->conn, k, b->cp, b->rep, b->rcs);
+    size_t j = 0;
+    for (size_t i = 0; i < b->ng; i++) {
+        if (b->g[i].done)
+            continue;
+        if (b->rcs[j] == 0 && b->rep[j]) {
+            tx_t t = {b->ops + b->g[i].first, b->g[i].n, 0};
+            acknowledged(m, &t);
+            b->g[i].done = true;
+        }
+        if (b->rep[j]) {
+            freeReplyObject(b->rep[j]);
+            b->rep[j] = NULL;
+        }
+        j++;
+    }
+    return rc;
+}
+
+static bool write_cycle_sharded(mpx_t *m, mpx__writer_t *w, const char *addr, const char *gen,
+                                tx_t *tx, sbatch_t *b)
+{
+    size_t coalesced = 0;
+    bool ok = true;
+    mpx__cache_take(m->cache);
+    for (;;) {
+        if (give_up(w, 0)) {
+            ok = false;
+            break;
+        }
+        tx->n = mpx__cache_next_ops(m->cache, tx->ops, m->opt.batch_max, &coalesced);
+        if (tx->n == 0)
+            break;
+        sbatch_group(m, b, tx->ops, tx->n);
+        uint32_t backoff = 50;
+        for (unsigned attempt = 0;; attempt++) {
+            int rc = mpx__conn_ensure(&w->conn, false);
+            if (rc == 0)
+                rc = sbatch_send(m, w, b, addr, gen);
+            if (rc == 0)
+                break;
+            atomic_fetch_add_explicit(&m->n.retries, 1, memory_order_relaxed);
+            size_t left = 0;
+            for (size_t i = 0; i < b->ng; i++)
+                left += b->g[i].done ? 0 : b->g[i].n;
+            mpx__report(m, rc, "writer: %s (%zu changes kept, retrying)", mpx_last_error(), left);
+            if (give_up(w, backoff)) {
+                ok = false;
+                break;
+            }
+            backoff = backoff < 1000 ? backoff * 2 : 1000;
+        }
+        if (!ok)
+            break;
+    }
+    if (coalesced)
+        atomic_fetch_add_explicit(&m->n.coalesced, coalesced, memory_order_relaxed);
+    mpx__cache_reclaim(m->cache);
+    return ok;
+}
+
 /* After a resync's rewrite: remove this server's stale entries from Redis:
  * ids in its set of which the cache has no record at all. (Records the
  * cache has are settled by the normal path: the resync queued them all.
  * Deleting one of those here would go behind the cache's back.) An id
  * connected while this runs is written by a later cycle, after this. */
-static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, mpx__argv_t *a)
+static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, const char *gen,
+                         mpx__argv_t *a)
 {
-    char cursor[32] = "0";
     size_t removed = 0;
-    for (unsigned rounds = 0; rounds < 10000000u; rounds++) {
-        if (give_up(w, 0))
-            return false; /* unregistered, or destroy's deadline passed */
-        mpx__argv_reset(a);
-        mpx__argv_push(a, "SSCAN", 5);
-        mpx__key_set(&m->keys, addr, a);
-        mpx__argv_push(a, cursor, strlen(cursor));
-        mpx__argv_push(a, "COUNT", 5);
-        mpx__argv_push(a, "1000", 4);
-        redisReply *r;
-        int rc = mpx__conn_command(&w->conn, a, &r);
-        if (rc) {
-            mpx__report(m, rc, "writer: reconciling stale entries: %s", mpx_last_error());
-            if (give_up(w, 200))
-                return false;
-            snprintf(cursor, sizeof cursor, "0"); /* start the scan over */
-            continue;
-        }
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
+    for (uint32_t sh = 0; sh < m->keys.nshards; sh++) {
+        char cursor[32] = "0";
+        for (unsigned rounds = 0; rounds < 10000000u; rounds++) {
+            if (give_up(w, 0))
+                return false; /* unregistered, or destroy's deadline passed */
+            mpx__argv_reset(a);
+            mpx__argv_push(a, "SSCAN", 5);
+            mpx__key_own(&m->keys, sh, addr, gen, a);
+            mpx__argv_push(a, cursor, strlen(cursor));
+            mpx__argv_push(a, "COUNT", 5);
+            mpx__argv_push(a, "1000", 4);
+            redisReply *r;
+            int rc = mpx__conn_command(&w->conn, a, &r);
+            if (rc) {
+                mpx__report(m, rc, "writer: reconciling stale entries: %s", mpx_last_error());
+                if (give_up(w, 200))
+                    return false;
+                snprintf(cursor, sizeof cursor, "0"); /* start the scan over */
+                continue;
+            }
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+                r->element[0]->type != REDIS_REPLY_STRING ||
+                r->element[1]->type != REDIS_REPLY_ARRAY) {
+                freeReplyObject(r);
+                mpx__report(m, MPX_EPROTO, "writer: unexpected SSCAN reply while reconciling");
+                return true;
+            }
+            snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+            redisReply *ids = r->element[1];
+            mpx__argv_t del;
+            mpx__argv_init(&del);
+            mpx__argv_push(&del, "EVALSHA", 7);
+            mpx__argv_push(&del, w->conn.shas[MPX__SCRIPT_DISCONNECT], 40);
+            mpx__argv_push(&del, "2", 1);
+            mpx__key_hash(&m->keys, sh, &del);
+            mpx__key_own(&m->keys, sh, addr, gen, &del);
+            mpx__argv_push(&del, addr, strlen(addr));
+            size_t base = del.argc;
+            for (size_t i = 0; i < ids->elements; i++) {
+                redisReply *e = ids->element[i];
+                if (e->type == REDIS_REPLY_STRING && e->len > 0 && e->len <= MPX_ID_MAX &&
+                    !mpx__cache_has_own(m->cache, e->str, e->len))
+                    mpx__argv_push(&del, e->str, e->len);
+            }
+            if (del.argc > base) {
+                redisReply *dr;
+                removed += del.argc - base;
+                if (mpx__conn_command(&w->conn, &del, &dr) == 0)
+                    freeReplyObject(dr);
+            }
+            mpx__argv_free(&del);
             freeReplyObject(r);
-            mpx__report(m, MPX_EPROTO, "writer: unexpected SSCAN reply while reconciling");
-            return true;
+            if (strcmp(cursor, "0") == 0)
+                break;
         }
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        redisReply *ids = r->element[1];
-        mpx__argv_t del;
-        mpx__argv_init(&del);
-        mpx__argv_push(&del, "EVALSHA", 7);
-        mpx__argv_push(&del, w->conn.shas[MPX__SCRIPT_DISCONNECT], 40);
-        mpx__argv_push(&del, "2", 1);
-        mpx__argv_push(&del, m->keys.sparks, m->keys.sparks_len);
-        mpx__key_set(&m->keys, addr, &del);
-        mpx__argv_push(&del, addr, strlen(addr));
-        size_t base = del.argc;
-        for (size_t i = 0; i < ids->elements; i++) {
-            redisReply *e = ids->element[i];
-            if (e->type == REDIS_REPLY_STRING && e->len > 0 && e->len <= MPX_ID_MAX &&
-                !mpx__cache_has_own(m->cache, e->str, e->len))
-                mpx__argv_push(&del, e->str, e->len);
-        }
-        if (del.argc > base) {
-            redisReply *dr;
-            removed += del.argc - base;
-            if (mpx__conn_command(&w->conn, &del, &dr) == 0)
-                freeReplyObject(dr);
-        }
-        mpx__argv_free(&del);
-        freeReplyObject(r);
-        if (strcmp(cursor, "0") == 0)
-            break;
     }
     if (removed)
         mpx__report(m, MPX_ESTATE, "writer: removed %zu stale entries of %s left by an old "
@@ -390,11 +562,34 @@ static void *writer_main(void *arg)
     }
     mpx__argv_t a;
     mpx__argv_init(&a);
-    char addr[MPX_ADDRESS_MAX + 1];
+    char addr[MPX_ADDRESS_MAX + 1], gen[64];
     uint64_t first_seen_ms = 0; /* when the writer first saw pending work */
+    bool sharded = m->keys.layout == MPX_LAYOUT_SHARDED;
+    sbatch_t sb;
+    bool sb_ok = !sharded || sbatch_init(&sb, m->opt.batch_max, m->keys.nshards) == 0;
+    if (!sb_ok)
+        mpx__report(m, MPX_ENOMEM, "writer: out of memory; nothing will be written");
 
     pthread_mutex_lock(&w->mu);
-    while (tx[0].ops && tx[1].ops) {
+    uint64_t next_refresh_ms = 0;
+    while (tx[0].ops && tx[1].ops && sb_ok) {
+        if (m->ep.cluster && w->active && mpx__now_ms() >= next_refresh_ms) {
+            /* A failover may have lost acknowledged writes (replication is
+             * asynchronous): check the slot map about once a second, and
+             * rewrite everything when a replica was promoted. */
+            pthread_mutex_unlock(&w->mu);
+            mpx__conn_refresh(&w->conn, 1000);
+            pthread_mutex_lock(&w->mu);
+            next_refresh_ms = mpx__now_ms() + 1000;
+        }
+        if (m->ep.cluster && w->conn.run_id_changed) {
+            w->conn.run_id_changed = false;
+            if (w->active) {
+                mpx__report(m, MPX_ESTATE, "writer: a Redis Cluster master failed over or "
+                            "restarted; rewriting every local spark");
+                w->resync = true;
+            }
+        }
         mpx__cache_stats_t cs;
         mpx__cache_stats(m->cache, &cs);
         bool flush_wanted = w->requested > w->completed;
@@ -443,14 +638,16 @@ static void *writer_main(void *arg)
         bool resync = w->resync;
         w->resync = false;
         memcpy(addr, w->addr, sizeof addr);
+        memcpy(gen, w->gen, sizeof gen);
         w->busy = true;
         pthread_mutex_unlock(&w->mu);
 
         if (resync)
             mpx__cache_mark_unwritten(m->cache, now_ns());
-        bool ok = write_cycle(m, w, addr, tx, &a);
+        bool ok = sharded ? write_cycle_sharded(m, w, addr, gen, &tx[0], &sb)
+                          : write_cycle(m, w, addr, tx, &a);
         if (ok && resync)
-            ok = remove_stale(m, w, addr, &a);
+            ok = remove_stale(m, w, addr, gen, &a);
 
         pthread_mutex_lock(&w->mu);
         w->busy = false;
@@ -466,6 +663,8 @@ static void *writer_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     mpx__cache_reclaim(m->cache);
+    if (sharded && sb_ok)
+        sbatch_free(&sb);
     free(tx[0].ops);
     free(tx[1].ops);
     mpx__argv_free(&a);
@@ -555,12 +754,13 @@ int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms)
     return rc;
 }
 
-void mpx__writer_activate(mpx_t *m, const char *addr)
+void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen)
 {
     mpx__writer_t *w = m->writer;
     pthread_mutex_lock(&w->mu);
     if (addr) {
         snprintf(w->addr, sizeof w->addr, "%s", addr);
+        snprintf(w->gen, sizeof w->gen, "%s", gen ? gen : "");
         w->active = true;
         pthread_cond_broadcast(&w->cond);
     } else {
