@@ -14,6 +14,12 @@
  * Failure: any I/O error closes the context; the next mpx__conn_ensure()
  * reconnects, no sooner than the backoff (100 ms doubling to 5 s) unless
  * forced.
+ *
+ * Redis Cluster (a redis-cluster:// endpoint): ensure, close, command,
+ * pipeline and refresh hand over to cluster.c, which keeps one connection
+ * of this kind per master; c->ctx then stays NULL and the raw pipelining
+ * calls (mpx__conn_append / mpx__conn_read) refuse with MPX_ESTATE: use
+ * mpx__conn_pipeline, which works in both modes.
  */
 #include <errno.h>
 #include <signal.h>
@@ -23,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster.h"
 #include "internal.h"
 
 /* ---- SIGPIPE --------------------------------------------------------------
@@ -116,10 +123,18 @@ void mpx__conn_init(mpx__conn_t *c, const mpx__redis_endpoint_t *ep, uint32_t co
 
 void mpx__conn_close(mpx__conn_t *c)
 {
+    if (c->ep && c->ep->cluster)
+        mpx__cluster_close(c);
     if (c->ctx) {
         redisFree(c->ctx);
         c->ctx = NULL;
     }
+}
+
+void mpx__conn_free(mpx__conn_t *c)
+{
+    mpx__conn_close(c);
+    mpx__cluster_free(c);
 }
 
 static void count_error(mpx__conn_t *c)
@@ -185,6 +200,8 @@ static redisReply *setup_cmd(mpx__conn_t *c, int *rc, int argc, const char **arg
 
 static int load_scripts(mpx__conn_t *c)
 {
+    if (!c->ctx)
+        return mpx__fail(MPX_ECONN, "redis: cannot load the scripts: not connected");
     int rc = 0;
     for (int i = 0; i < MPX__SCRIPT_COUNT; i++) {
         const char *src = mpx__script_source(i);
@@ -228,6 +245,11 @@ static int read_run_id(mpx__conn_t *c)
     return 0;
 }
 
+int mpx__conn_load_scripts(mpx__conn_t *c)
+{
+    return load_scripts(c);
+}
+
 static int conn_ensure(mpx__conn_t *c, bool force);
 
 int mpx__conn_ensure(mpx__conn_t *c, bool force)
@@ -236,7 +258,7 @@ int mpx__conn_ensure(mpx__conn_t *c, bool force)
         return 0;
     sigpipe_guard_t g;
     sigpipe_block(&g);
-    int rc = conn_ensure(c, force);
+    int rc = c->ep->cluster ? mpx__cluster_ensure(c, force) : conn_ensure(c, force);
     sigpipe_restore(&g);
     return rc;
 }
@@ -247,9 +269,12 @@ static int conn_ensure(mpx__conn_t *c, bool force)
         return 0;
     mpx__conn_close(c);
     uint64_t now = mpx__now_ms();
-    if (!force && now < c->next_attempt_ms)
-        return mpx__fail(MPX_ECONN, "redis unreachable (%s connection); next attempt in %llu ms",
-                         c->name, (unsigned long long)(c->next_attempt_ms - now));
+    if (!force && now < c->next_attempt_ms) {
+        char w[160];
+        return mpx__fail(MPX_ECONN, "redis %s unreachable (%s connection); next attempt in %llu ms",
+                         where(c, w, sizeof w), c->name,
+                         (unsigned long long)(c->next_attempt_ms - now));
+    }
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 100;
     if (c->backoff_ms > 5000)
         c->backoff_ms = 5000;
@@ -310,8 +335,20 @@ static int conn_ensure(mpx__conn_t *c, bool force)
     return 0;
 }
 
+static int refuse_raw(const mpx__conn_t *c, const char *what)
+{
+    return mpx__fail(MPX_ESTATE,
+                     "redis cluster (%s connection): %s is for a single Redis; a cluster "
+                     "pipelines through mpx__conn_pipeline",
+                     c->name, what);
+}
+
 int mpx__conn_append(mpx__conn_t *c, mpx__argv_t *a)
 {
+    if (c->ep->cluster)
+        return refuse_raw(c, "mpx__conn_append");
+    if (!c->ctx)
+        return mpx__conn_io_error(c, "append");
     mpx__argv_finish(a);
     if (redisAppendCommandArgv(c->ctx, (int)a->argc, a->argv, a->lens) != REDIS_OK)
         return mpx__conn_io_error(c, "append");
@@ -322,7 +359,9 @@ int mpx__conn_read(mpx__conn_t *c, redisReply **out)
 {
     void *r = NULL;
     *out = NULL;
-    if (redisGetReply(c->ctx, &r) != REDIS_OK || !r)
+    if (c->ep->cluster)
+        return refuse_raw(c, "mpx__conn_read");
+    if (!c->ctx || redisGetReply(c->ctx, &r) != REDIS_OK || !r)
         return mpx__conn_io_error(c, "read");
     *out = r;
     return 0;
@@ -334,7 +373,7 @@ int mpx__conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
 {
     sigpipe_guard_t g;
     sigpipe_block(&g);
-    int rc = conn_command(c, a, out);
+    int rc = c->ep->cluster ? mpx__cluster_command(c, a, out) : conn_command(c, a, out);
     sigpipe_restore(&g);
     return rc;
 }
@@ -360,10 +399,136 @@ static int conn_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
                 return rc;
             continue;
         }
-        rc = mpx__fail(MPX_EREDIS, "redis: %.*s failed: %s", (int)a->lens[0], a->argv[0], r->str);
+        char w[160];
+        rc = mpx__fail(MPX_EREDIS, "redis %s: %.*s failed: %s", where(c, w, sizeof w),
+                       (int)a->lens[0], a->argv[0], r->str);
         count_error(c);
         freeReplyObject(r);
         return rc;
     }
     return mpx__fail(MPX_EREDIS, "redis: NOSCRIPT after reloading the scripts");
+}
+
+/* ---- pipelines ------------------------------------------------------------
+ * Single Redis: append every command, write them in one go, read the
+ * replies in order. An I/O error fails the command being read and every
+ * later one with its code (the connection is closed). Commands answered
+ * NOSCRIPT are sent again, once, after the scripts are reloaded. */
+
+#define PIPE_PENDING 1 /* rcs[i] while a command waits to be (re)sent */
+
+static int pipeline_single(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
+                           redisReply **replies, int *rcs)
+{
+    for (size_t i = 0; i < n; i++) {
+        replies[i] = NULL;
+        rcs[i] = PIPE_PENDING;
+    }
+    size_t pending = n;
+    for (int round = 0; round < 2 && pending > 0; round++) {
+        int rc = conn_ensure(c, false);
+        for (size_t i = 0; i < n && rc == 0; i++)
+            if (rcs[i] == PIPE_PENDING)
+                rc = mpx__conn_append(c, cmds[i]);
+        int done = 0;
+        while (rc == 0 && !done)
+            if (redisBufferWrite(c->ctx, &done) != REDIS_OK)
+                rc = mpx__conn_io_error(c, "write");
+        bool noscript = false;
+        for (size_t i = 0; i < n; i++) {
+            if (rcs[i] != PIPE_PENDING)
+                continue;
+            redisReply *r = NULL;
+            if (rc == 0)
+                rc = mpx__conn_read(c, &r);
+            if (rc) { /* this one and every later one */
+                rcs[i] = rc;
+                pending--;
+                continue;
+            }
+            if (r->type != REDIS_REPLY_ERROR) {
+                replies[i] = r;
+                rcs[i] = 0;
+                pending--;
+                continue;
+            }
+            if (round == 0 && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+                noscript = true; /* stays pending */
+            } else {
+                char w[160];
+                rcs[i] = mpx__fail(MPX_EREDIS, "redis %s: %.*s failed: %s", where(c, w, sizeof w),
+                                   (int)cmds[i]->lens[0], cmds[i]->argv[0], r->str);
+                count_error(c);
+                pending--;
+            }
+            freeReplyObject(r);
+        }
+        if (noscript && (rc = load_scripts(c)) != 0)
+            for (size_t i = 0; i < n; i++)
+                if (rcs[i] == PIPE_PENDING) {
+                    rcs[i] = rc;
+                    pending--;
+                }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (rcs[i])
+            return rcs[i];
+    return 0;
+}
+
+int mpx__conn_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
+                       redisReply **replies, int *rcs)
+{
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    int rc = c->ep->cluster ? mpx__cluster_pipeline(c, n, cmds, replies, rcs)
+                            : pipeline_single(c, n, cmds, replies, rcs);
+    sigpipe_restore(&g);
+    return rc;
+}
+
+int mpx__conn_refresh(mpx__conn_t *c, uint32_t max_age_ms)
+{
+    if (!c->ep->cluster)
+        return 0;
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    int rc = mpx__cluster_refresh(c, max_age_ms);
+    sigpipe_restore(&g);
+    return rc;
+}
+
+/* ---- per node (cluster.h) ---------------------------------------------------- */
+
+size_t mpx__conn_nodes(mpx__conn_t *c)
+{
+    return c->ep->cluster ? mpx__cluster_nodes(c) : 1;
+}
+
+const char *mpx__conn_node_name(mpx__conn_t *c, size_t i)
+{
+    static _Thread_local char name[300];
+    if (c->ep->cluster)
+        return mpx__cluster_node_name(c, i);
+    return i == 0 ? where(c, name, sizeof name) : NULL;
+}
+
+const char *mpx__conn_slot_node(mpx__conn_t *c, unsigned slot)
+{
+    if (c->ep->cluster)
+        return mpx__cluster_slot_node(c, slot);
+    return mpx__conn_node_name(c, 0);
+}
+
+int mpx__conn_node_command(mpx__conn_t *c, size_t i, mpx__argv_t *a, redisReply **out)
+{
+    if (!c->ep->cluster && i != 0) {
+        *out = NULL;
+        return mpx__fail(MPX_EINVAL, "redis: no node #%zu (a single Redis has one)", i);
+    }
+    sigpipe_guard_t g;
+    sigpipe_block(&g);
+    int rc = c->ep->cluster ? mpx__cluster_node_command(c, i, a, out) : conn_command(c, a, out);
+    sigpipe_restore(&g);
+    return rc;
 }
