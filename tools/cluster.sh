@@ -81,9 +81,10 @@ wait_ok() {
                 all=0
                 break
             fi
-            # this node's view of the masters and their slots
+            # this node's view of the masters and their slots (a slot being
+            # migrated, "[slot->-id]", is only shown by the nodes concerned)
             cur=$(cli "$p" cluster nodes |
-                awk '$3 ~ /master/ && $3 !~ /fail/ {s = $2; for (i = 9; i <= NF; i++) s = s " " $i; print s}' |
+                awk '$3 ~ /master/ && $3 !~ /fail/ {s = $2; for (i = 9; i <= NF; i++) if ($i !~ /^\[/) s = s " " $i; print s}' |
                 sort | tr '\n' ';') || { all=0; break; }
             if [ -z "$ref" ]; then
                 ref="$cur"
