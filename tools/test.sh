@@ -10,7 +10,8 @@
 # Works from any directory. Installs missing Debian packages (as root, or
 # through sudo), starts ONE private redis-server on a free loopback port
 # (never 6379) for the whole run, exports its URL as MPX_TEST_REDIS_URL and
-# stops it by PID on exit. The last line is the summary
+# stops it by PID on exit; likewise one local Redis Cluster (tools/cluster.sh,
+# MPX_TEST_CLUSTER_URL) for tests/test_cluster.c. The last line is the summary
 # "tests: N passed, F failed": N is the number of ctest tests that passed,
 # summed over the build variants; F counts failed ctest tests plus any other
 # failed step (configure, build, smoke run), so the exit status is non-zero
@@ -23,7 +24,7 @@ cd "$ROOT"
 . "$ROOT/tools/lib.sh"
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 FAST=0
@@ -165,9 +166,37 @@ start_redis() {
     phase_done ok
 }
 
+# --- 3b. the shared Redis Cluster (tests/test_cluster.c) ---------------------
+
+CLUSTER_DIR=""
+
+stop_cluster() {
+    if [ -n "$CLUSTER_DIR" ] && [ -d "$CLUSTER_DIR" ]; then
+        bash "$ROOT/tools/cluster.sh" stop "$CLUSTER_DIR" || true
+    fi
+    CLUSTER_DIR=""
+}
+
+# Three masters with a replica each, on free loopback ports, for the whole
+# run (tools/cluster.sh; the failover and reshard tests change it, and it
+# stays usable). Exports MPX_TEST_CLUSTER_URL and MPX_TEST_CLUSTER_DIR.
+start_cluster() {
+    phase "redis cluster"
+    CLUSTER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-test-cluster.XXXXXX")"
+    local url
+    url=$(bash "$ROOT/tools/cluster.sh" start "$CLUSTER_DIR" --masters 3 --replicas 1) ||
+        die "could not start a Redis Cluster (tools/cluster.sh start)"
+    export MPX_TEST_CLUSTER_URL="$url"
+    export MPX_TEST_CLUSTER_DIR="$CLUSTER_DIR"
+    export MPX_TEST_REQUIRE_CLUSTER=1 # here a missing cluster fails, never skips
+    note "redis cluster at $MPX_TEST_CLUSTER_URL (dir $CLUSTER_DIR)"
+    phase_done ok
+}
+
 SUMMARY_PRINTED=0
 on_exit() {
     local rc=$?
+    stop_cluster
     stop_redis
     if [ "$SUMMARY_PRINTED" -eq 0 ] && [ "$rc" -ne 0 ]; then
         # Stopped early (setup error, interrupt): still end on a summary line.
@@ -318,6 +347,7 @@ main() {
     install_packages
     npm_deps
     start_redis
+    start_cluster
 
     variant normal "$ROOT/build" 1 \
         -DMPX_WERROR=ON -DMPX_SANITIZE= \
