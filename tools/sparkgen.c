@@ -68,6 +68,19 @@
  *   redis-server and stops the signal thread. It runs on every exit after
  *   option parsing.
  *
+ * Layouts and Redis Cluster
+ *   --layout node|sharded (and --shards S) go to the library options; a
+ *   redis-cluster:// URL (or --cluster, a throwaway local cluster started
+ *   with tools/cluster.sh) selects the sharded layout by default. Every key
+ *   name the checks use comes from src/keys.c (mpx__keys_t of the same
+ *   layout: the shard of an id, a shard's hash, a registration's set per
+ *   shard and generation), and every command goes through the library's
+ *   connection (mpx__conn_t), which routes it by its key's slot on a
+ *   cluster; per-master work (SCAN of the namespace, INFO memory/stats)
+ *   runs on every master (src/cluster.h; a single Redis is one master).
+ *   The sharded layout names a server's sets by its registration's
+ *   generation: nodes answer "gens" with each server's current one.
+ *
  * Exit codes: 0 ok; 1 mismatches or library errors; 2 usage error or Redis
  * cannot be reached or started (or the namespace is not empty); 128+signal
  * when interrupted.
@@ -102,7 +115,8 @@
 
 #include <hiredis/hiredis.h>
 
-#include "internal.h" /* mpx__parse_redis_url: the library's own URL syntax */
+#include "cluster.h"  /* per-master commands (INFO, SCAN) on a cluster */
+#include "internal.h" /* URL syntax, key names (keys.c), connections (conn.c) */
 #include "metroplex.h"
 #include "redis_proc.h"
 
@@ -129,6 +143,10 @@ enum { SG_EXIT_OK = 0, SG_EXIT_FAIL = 1, SG_EXIT_USAGE = 2 };
 #define SG_LEASE_DEFAULT_MS 10000u
 #define SG_SCAN_MAX_KEYS 10000000ull /* bound on the leftover-key scan */
 #define SG_REAP_SLACK_S 30.0   /* reap wait: 3 x interval + this */
+#define SG_BLOCK_MAX 65536u    /* ids checked per pipelined round (sharded) */
+#define SG_SHARDS_DEFAULT 64u
+#define SG_SHARDS_MAX 16384u
+#define SG_CLUSTER_MASTERS 3   /* --cluster: masters of the throwaway cluster */
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                            */
@@ -152,7 +170,16 @@ typedef struct sg_config {
     int quiet;
     int verify;
     int json;
+    int layout;       /* MPX_LAYOUT_*: AUTO until resolved after parsing */
+    uint32_t shards;  /* sharded layout: shards (0 until resolved: default) */
+    int cluster;      /* --cluster: start a throwaway local Redis Cluster */
+    int faults;       /* --faults: background reports do not fail the run */
 } sg_config_t;
+
+static const char *sg_layout_name(int layout)
+{
+    return layout == MPX_LAYOUT_SHARDED ? "sharded" : layout == MPX_LAYOUT_NODE ? "node" : "auto";
+}
 
 /* ------------------------------------------------------------------------ */
 /* Output                                                                   */
@@ -735,6 +762,7 @@ typedef struct sg_ninfo {
     uint64_t churn_ops;         /* disconnect + reconnect pairs */
     uint64_t api_errors;        /* library calls that returned an error */
     uint64_t bg_errors;         /* on_error calls */
+    uint64_t bg_notices;        /* those with MPX_ESTATE: recovery notices */
     long long rss_before_kb;    /* before mpx_create */
     long long rss_after_kb;     /* after the connect flush */
     long long rss_now_kb;
@@ -746,9 +774,9 @@ static void sg_ninfo_format(sg_buf_t *b, const sg_ninfo_t *ni)
 {
     sg_buf_printf(b,
                   "S %d %.6f %.6f %.6f %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                  " %" PRIu64 " %lld %lld %lld %lld",
+                  " %" PRIu64 " %" PRIu64 " %lld %lld %lld %lld",
                   ni->state, ni->t_start, ni->t_conn_end, ni->t_flushed, ni->calls,
-                  ni->call_errors, ni->churn_ops, ni->api_errors, ni->bg_errors,
+                  ni->call_errors, ni->churn_ops, ni->api_errors, ni->bg_errors, ni->bg_notices,
                   ni->rss_before_kb, ni->rss_after_kb, ni->rss_now_kb, ni->maxrss_kb);
     sg_stats_format(b, &ni->st);
 }
@@ -758,11 +786,11 @@ static int sg_ninfo_parse(const char *s, sg_ninfo_t *ni)
     int used = 0;
     if (sscanf(s,
                "S %d %lf %lf %lf %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
-               " %lld %lld %lld %lld%n",
+               " %" SCNu64 " %lld %lld %lld %lld%n",
                &ni->state, &ni->t_start, &ni->t_conn_end, &ni->t_flushed, &ni->calls,
                &ni->call_errors, &ni->churn_ops, &ni->api_errors, &ni->bg_errors,
-               &ni->rss_before_kb, &ni->rss_after_kb, &ni->rss_now_kb, &ni->maxrss_kb,
-               &used) != 13)
+               &ni->bg_notices, &ni->rss_before_kb, &ni->rss_after_kb, &ni->rss_now_kb,
+               &ni->maxrss_kb, &used) != 14)
         return -1;
     const char *p = s + used;
     return sg_stats_parse(&p, &ni->st);
@@ -781,6 +809,7 @@ typedef struct sg_server {
     mpx_t *mpx;
     int registered;
     atomic_uint_fast64_t bg_errors; /* on_error calls */
+    atomic_uint_fast64_t bg_notices; /* those with MPX_ESTATE */
 } sg_server_t;
 
 /* A producer thread during "connect", then a churn thread during "churn":
@@ -829,6 +858,10 @@ static void sg_on_error(mpx_t *mpx, int err, const char *message, void *data)
     (void)mpx;
     sg_server_t *s = data;
     atomic_fetch_add(&s->bg_errors, 1);
+    /* MPX_ESTATE: the library says what it did to recover (registered
+     * again, rewrote its sparks after a restart or failover). */
+    if (err == MPX_ESTATE)
+        atomic_fetch_add(&s->bg_notices, 1);
     sg_error("server %u (%s): background error %s: %s", s->index, s->address,
              mpx_err_name(err), message ? message : "");
 }
@@ -1087,6 +1120,7 @@ static void sg_local_info(sg_local_t *L, sg_ninfo_t *ni)
     for (unsigned k = 0; k < L->created; k++) {
         mpx_stats_t st;
         ni->bg_errors += atomic_load(&L->servers[k].bg_errors);
+        ni->bg_notices += atomic_load(&L->servers[k].bg_notices);
         if (mpx_stats(L->servers[k].mpx, &st) == 0)
             sg_stats_add(&ni->st, &st);
     }
@@ -1140,6 +1174,7 @@ static int sg_local_create(const sg_config_t *cfg, const char *url, unsigned fir
         s->node = L;
         s->index = first + k;
         atomic_init(&s->bg_errors, 0);
+        atomic_init(&s->bg_notices, 0);
         sg_address(s->index, s->address, sizeof s->address);
         s->expected = sg_expected(cfg, s->index);
 
@@ -1152,6 +1187,9 @@ static int sg_local_create(const sg_config_t *cfg, const char *url, unsigned fir
         o.lease_ms = cfg->interval_ms < SG_LEASE_DEFAULT_MS ? cfg->interval_ms
                                                             : SG_LEASE_DEFAULT_MS;
         o.size_hint = (size_t)s->expected;
+        o.layout = cfg->layout;
+        if (cfg->layout == MPX_LAYOUT_SHARDED)
+            o.shards = cfg->shards;
         o.on_error = sg_on_error;
         o.on_error_data = s;
         int rc = mpx_create(&o, &s->mpx);
@@ -1176,9 +1214,9 @@ static int sg_local_create(const sg_config_t *cfg, const char *url, unsigned fir
     return 0;
 }
 
-/* Stop everything and free the node (does not unregister). *api and *bg
- * (may be NULL) get the node's final error counts. */
-static void sg_local_destroy(sg_local_t *L, uint64_t *api, uint64_t *bg)
+/* Stop everything and free the node (does not unregister). *api, *bg and
+ * *notices (may be NULL) get the node's final error counts. */
+static void sg_local_destroy(sg_local_t *L, uint64_t *api, uint64_t *bg, uint64_t *notices)
 {
     if (!L)
         return;
@@ -1188,16 +1226,19 @@ static void sg_local_destroy(sg_local_t *L, uint64_t *api, uint64_t *bg)
         pthread_join(L->driver, NULL);
         L->driver_running = 0;
     }
-    uint64_t bgsum = 0;
+    uint64_t bgsum = 0, nsum = 0;
     for (unsigned k = 0; k < L->created; k++) {
         mpx_destroy(L->servers[k].mpx); /* may still report through on_error */
         L->servers[k].mpx = NULL;
         bgsum += atomic_load(&L->servers[k].bg_errors);
+        nsum += atomic_load(&L->servers[k].bg_notices);
     }
     if (api)
         *api = atomic_load(&L->api_errors);
     if (bg)
         *bg = bgsum;
+    if (notices)
+        *notices = nsum;
     free(L->servers);
     free(L->workers);
     free(L);
@@ -1214,6 +1255,9 @@ static void sg_local_destroy(sg_local_t *L, uint64_t *api, uint64_t *bg)
  *   sample <n>     L <servers rc> <servers listed> <server of each id>...
  *                  (-1 unknown, -2 an address that is not ours, -3 error)
  *   unregister     U <failures>
+ *   gens           G <count> then each server's registration generation
+ *                  (sharded layout; "-" when it has none: node layout, or
+ *                  not registered)
  *   abort          ok                (stop producers, churn and flushes)
  */
 static void sg_local_command(sg_local_t *L, const char *cmd, sg_buf_t *out)
@@ -1340,6 +1384,24 @@ static void sg_local_command(sg_local_t *L, const char *cmd, sg_buf_t *out)
             }
         }
         sg_buf_printf(out, "U %u", failures);
+    } else if (strcmp(cmd, "gens") == 0) {
+        sg_buf_printf(out, "G %u", L->created);
+        for (unsigned k = 0; k < L->created; k++) {
+            /* The generation names the server's sets in the sharded layout;
+             * it changes when the server registers again (after it was
+             * reaped, or Redis lost its control keys). */
+            mpx_t *m = L->servers[k].mpx;
+            char gen[sizeof m->gen];
+            pthread_mutex_lock(&m->addr_mu);
+            memcpy(gen, m->gen, sizeof gen);
+            pthread_mutex_unlock(&m->addr_mu);
+            gen[sizeof gen - 1] = '\0';
+            int ok = gen[0] != '\0';
+            for (const char *c = gen; *c; c++)
+                if ((unsigned char)*c <= ' ')
+                    ok = 0; /* not expressible in the answer: reported as none */
+            sg_buf_printf(out, " %s", ok ? gen : "-");
+        }
     } else if (strcmp(cmd, "abort") == 0) {
         atomic_store(&L->stop, 1);
         sg_buf_printf(out, "ok");
@@ -1378,7 +1440,22 @@ typedef struct sg_srv {
     unsigned node;
     int killed;
     uint64_t sparks_at_kill; /* SCARD of its set just before SIGKILL */
+    char gen[64];            /* sharded: its registration's generation ("" none) */
 } sg_srv_t;
+
+/* One Redis master as the report sees it (a single Redis is one master):
+ * figures are -1 when unknown. A master is known by its "host:port". */
+typedef struct sg_master {
+    char name[96];
+    long long mem_before;  /* used_memory after registration */
+    long long mem_after;   /* used_memory after the connect flush */
+    long long mem_end;     /* used_memory before verify */
+    long long ops_start;   /* total_commands_processed before connecting */
+    long long ops_end;     /* the same before verify */
+    long long keys;        /* keys of the namespace (SCAN), before verify */
+    long long sparks;      /* fields of the spark hashes it holds, before verify */
+    int is_master;         /* a master in the last slot map read */
+} sg_master_t;
 
 enum {
     SG_PHASE_SETUP = 0,
@@ -1407,6 +1484,8 @@ typedef struct sg_metrics {
     double reap_ms;         /* -1: nothing killed or not reaped in time */
     int verified;           /* the whole verify ran */
     uint64_t ids_checked;
+    double drains_wait_s;   /* verify waited this long for cleanups to end */
+    int measured;           /* the per-master figures at the end were read */
 } sg_metrics_t;
 
 typedef struct sg_run {
@@ -1419,10 +1498,22 @@ typedef struct sg_run {
     redis_proc_t rp;
     int own_redis;
     atomic_int redis_pid; /* for the emergency kill on a second signal */
+    char cluster_dir[256];  /* --cluster: tools/cluster.sh's directory */
+    char cluster_sh[PATH_MAX]; /* --cluster: the script */
+    atomic_int own_cluster; /* read by the signal thread */
 
-    redisContext *rc; /* check connection; main thread only */
+    /* Checks: key names from keys.c, commands through the library's own
+     * connection type (routed by slot on a cluster); main thread only. */
+    mpx__keys_t keys;
+    int keys_ready;
+    mpx__conn_t conn;
+    int conn_ready;    /* mpx__conn_init done */
     int rc_lost_noted; /* "cannot reconnect" recorded once */
     int no_smismember; /* Redis < 6.2: SISMEMBER one by one */
+    mpx__argv_t a;     /* the command being built (sg_calln) */
+
+    sg_master_t *masters; /* every master seen, in order of first sight */
+    size_t nmasters;
 
     pid_t parent_pid;
     sg_node_t *nodes;
@@ -1611,6 +1702,7 @@ static void sg_nodes_sum(sg_run_t *r, sg_ninfo_t *sum)
         /* Error counts also come from the node's last words (shutdown). */
         sum->api_errors += n->info.api_errors;
         sum->bg_errors += n->info.bg_errors;
+        sum->bg_notices += n->info.bg_notices;
         if (!n->have_info)
             continue;
         sum->calls += n->info.calls;
@@ -1625,7 +1717,9 @@ static uint64_t sg_errors(sg_run_t *r)
 {
     sg_ninfo_t sum;
     sg_nodes_sum(r, &sum);
-    return atomic_load(&r->api_errors) + sum.api_errors + sum.bg_errors;
+    /* --faults: faults come from outside, so the library's background
+     * reports are expected; the exact verification decides. */
+    return atomic_load(&r->api_errors) + sum.api_errors + (r->cfg.faults ? 0 : sum.bg_errors);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1642,9 +1736,18 @@ static void sg_help(FILE *f)
 "Progress and diagnostics go to stderr.\n"
 "\n"
 "  --redis URL          Redis to use, in the library's URL syntax:\n"
-"                       redis://[user:password@]host[:port][/db] or\n"
-"                       unix:///path[?db=N]; default: start a throwaway\n"
-"                       redis-server on a free port and stop it at the end\n"
+"                       redis://[user:password@]host[:port][/db],\n"
+"                       unix:///path[?db=N], or a Redis Cluster seed list\n"
+"                       redis-cluster://host:port[,host:port...]; default:\n"
+"                       start a throwaway redis-server on a free port and\n"
+"                       stop it at the end\n"
+"  --cluster            without --redis: start a throwaway local Redis\n"
+"                       Cluster of %d masters (no replicas) with\n"
+"                       tools/cluster.sh instead, and stop it at the end\n"
+"  --layout L           key layout: node (the Node original's keys; not on a\n"
+"                       cluster) or sharded (hash-tagged shards); default:\n"
+"                       sharded on a cluster, node otherwise\n"
+"  --shards S           sharded layout: shards, 1..%u (default %u)\n"
 "  --servers S          simulated servers, 1..%u (default 4); server i has the\n"
 "                       address http://127.0.0.1:<%u+i>\n"
 "  --sparks N           sparks in total, 0..%llu (default 100000); spark i\n"
@@ -1672,6 +1775,11 @@ static void sg_help(FILE *f)
 "  --latency MS         heartbeat latency, 1..interval-1 (default 2000); the\n"
 "                       heartbeat and reaping run every interval - latency ms\n"
 "  --namespace NS       key prefix (default \"metroplex\"); must be empty in Redis\n"
+"  --faults             faults are injected from outside meanwhile (reshard,\n"
+"                       failover, restarts): the library's on_error reports\n"
+"                       are counted and shown but do not fail the run; the\n"
+"                       exact verification and calls that return errors\n"
+"                       decide\n"
 "  --no-verify          skip the checks of Redis (the measurements remain)\n"
 "  --json               print the report as one JSON object on one line\n"
 "                       (stdout); the human-readable report goes to stderr\n"
@@ -1681,7 +1789,8 @@ static void sg_help(FILE *f)
 "\n"
 "Exit status: 0 ok; 1 mismatches or library errors; 2 usage error, Redis\n"
 "unreachable or not startable, or namespace not empty; 128+N on signal N.\n",
-            SG_SERVERS_MAX, SG_BASE_PORT, (unsigned long long)SG_SPARKS_MAX, SG_THREADS_MAX,
+            SG_CLUSTER_MASTERS, SG_SHARDS_MAX, SG_SHARDS_DEFAULT, SG_SERVERS_MAX,
+            SG_BASE_PORT, (unsigned long long)SG_SPARKS_MAX, SG_THREADS_MAX,
             SG_DURATION_MAX, SG_CHURN_DELAY_MS, SG_LONG_LEN, SG_INTERVAL_MIN,
             SG_INTERVAL_MAX);
 }
@@ -1813,7 +1922,8 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
 {
     enum {
         O_REDIS = 256, O_SERVERS, O_SPARKS, O_DURATION, O_INTERVAL, O_LATENCY,
-        O_NAMESPACE, O_THREADS, O_SEED, O_NO_VERIFY, O_CHURN, O_ID_FORMAT, O_KILL, O_JSON
+        O_NAMESPACE, O_THREADS, O_SEED, O_NO_VERIFY, O_CHURN, O_ID_FORMAT, O_KILL, O_JSON,
+        O_LAYOUT, O_SHARDS, O_CLUSTER, O_FAULTS
     };
     static const struct option longopts[] = {
         {"redis", required_argument, NULL, O_REDIS},
@@ -1830,6 +1940,10 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         {"id-format", required_argument, NULL, O_ID_FORMAT},
         {"kill-servers", required_argument, NULL, O_KILL},
         {"json", no_argument, NULL, O_JSON},
+        {"layout", required_argument, NULL, O_LAYOUT},
+        {"shards", required_argument, NULL, O_SHARDS},
+        {"cluster", no_argument, NULL, O_CLUSTER},
+        {"faults", no_argument, NULL, O_FAULTS},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1850,7 +1964,11 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         .quiet = 0,
         .verify = 1,
         .json = 0,
+        .layout = MPX_LAYOUT_AUTO,
+        .shards = 0,
+        .cluster = 0,
     };
+    int cluster_url = 0;
     opterr = 0;
     optind = 1;
     int c;
@@ -1865,10 +1983,29 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
                 sg_replace(mpx_last_error(), optarg, shown, msg, sizeof msg);
                 return sg_usage("--redis: %s", msg);
             }
+            cluster_url = ep.cluster;
             mpx__endpoint_free(&ep);
             cfg->redis_url = optarg;
             break;
         }
+        case O_LAYOUT:
+            if (strcmp(optarg, "node") == 0)
+                cfg->layout = MPX_LAYOUT_NODE;
+            else if (strcmp(optarg, "sharded") == 0)
+                cfg->layout = MPX_LAYOUT_SHARDED;
+            else
+                return sg_usage("--layout: '%s' is not one of node, sharded", optarg);
+            break;
+        case O_SHARDS:
+            if (sg_parse_u32("--shards", optarg, 1, SG_SHARDS_MAX, &cfg->shards))
+                return -1;
+            break;
+        case O_CLUSTER:
+            cfg->cluster = 1;
+            break;
+        case O_FAULTS:
+            cfg->faults = 1;
+            break;
         case O_SERVERS:
             if (sg_parse_u32("--servers", optarg, 1, SG_SERVERS_MAX, &cfg->servers))
                 return -1;
@@ -1956,215 +2093,477 @@ static int sg_parse_args(int argc, char **argv, sg_config_t *cfg)
         return sg_usage("--churn needs --duration: sparks churn while it runs");
     if (cfg->threads == 0)
         cfg->threads = cfg->servers;
+    if (cfg->cluster && cfg->redis_url)
+        return sg_usage("--cluster starts a throwaway cluster: not with --redis (give a "
+                        "redis-cluster:// URL to use a running one)");
+    int on_cluster = cluster_url || cfg->cluster;
+    if (cfg->layout == MPX_LAYOUT_AUTO)
+        cfg->layout = on_cluster ? MPX_LAYOUT_SHARDED : MPX_LAYOUT_NODE;
+    if (cfg->layout == MPX_LAYOUT_NODE && on_cluster)
+        return sg_usage("--layout node keeps every spark in one hash and cannot run on Redis "
+                        "Cluster: use --layout sharded");
+    if (cfg->layout == MPX_LAYOUT_NODE && cfg->shards)
+        return sg_usage("--shards applies to the sharded layout (--layout sharded)");
+    if (cfg->shards == 0)
+        cfg->shards = cfg->layout == MPX_LAYOUT_SHARDED ? SG_SHARDS_DEFAULT : 1;
     return 0;
 }
 
 /* ------------------------------------------------------------------------ */
-/* Redis check connection                                                   */
+/* Redis checks                                                             */
 
-/* A direct connection (not the library's) to `ep`, authenticated, on its
- * database, answering PING. NULL with `why` set on failure. */
-static redisContext *sg_redis_connect(const mpx__redis_endpoint_t *ep, char *why,
-                                      size_t whycap)
+/*
+ * The checks talk to Redis through the library's own connection type
+ * (mpx__conn_t): on a single Redis one connection, on a cluster one per
+ * master, every command routed by the slot of its first key (MOVED / ASK
+ * followed). Key names come from keys.c (r->keys, the run's layout), never
+ * from strings built here, so the checks look exactly where the library
+ * writes. Per-master work (INFO, SCAN, DBSIZE) uses the node calls of
+ * cluster.h; a single Redis is one master.
+ */
+
+static void sg_die_build(const char *what) __attribute__((noreturn));
+static void sg_die_build(const char *what)
 {
-    struct timeval tv = {SG_CHECK_TIMEOUT_MS / 1000, 0};
-    struct timeval ctv = {2, 0};
-    redisContext *c = ep->path ? redisConnectUnixWithTimeout(ep->path, ctv)
-                               : redisConnectWithTimeout(ep->host, ep->port, ctv);
-    if (!c) {
-        snprintf(why, whycap, "out of memory");
-        return NULL;
-    }
-    if (c->err) {
-        snprintf(why, whycap, "%s", c->errstr);
-        redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, tv);
-    redisReply *rep = NULL;
-    if (ep->password) {
-        rep = ep->user ? redisCommand(c, "AUTH %s %s", ep->user, ep->password)
-                       : redisCommand(c, "AUTH %s", ep->password);
-        if (!rep || rep->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(rep);
-    }
-    if (ep->db > 0) {
-        rep = redisCommand(c, "SELECT %d", ep->db);
-        if (!rep || rep->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(rep);
-    }
-    rep = redisCommand(c, "PING");
-    if (!rep || rep->type == REDIS_REPLY_ERROR)
-        goto fail;
-    freeReplyObject(rep);
-    return c;
-fail:
-    snprintf(why, whycap, "%s", rep ? rep->str : c->errstr);
-    if (rep)
-        freeReplyObject(rep);
-    redisFree(c);
-    return NULL;
+    sg_error("cannot build %s (out of memory, or a name too long)", what);
+    abort();
 }
+
+#define SG_OK(call, what)                                                      \
+    do {                                                                       \
+        if ((call) != 0)                                                       \
+            sg_die_build(what);                                                \
+    } while (0)
 
 /*
  * Make sure the check connection is usable: reconnect after an error (Redis
- * may have restarted). When it cannot and `record` is set, record one
- * mismatch for the whole run. Returns 1 if usable.
+ * may have restarted, a master failed over). When it cannot and `record` is
+ * set, record one mismatch for the whole run. Returns 1 if usable.
  */
 static int sg_check_ready(sg_run_t *r, int record)
 {
-    if (r->rc && !r->rc->err)
-        return 1;
-    char why[256];
-    if (r->rc)
-        redisFree(r->rc);
-    r->rc = sg_redis_connect(&r->ep, why, sizeof why);
-    if (r->rc)
+    if (!r->conn_ready)
+        return 0;
+    if (mpx__conn_ensure(&r->conn, true) == 0)
         return 1;
     if (record && !r->rc_lost_noted) {
-        sg_mismatch(r, "check connection: cannot reconnect to %s: %s", r->url_shown, why);
+        char msg[512];
+        sg_replace(mpx_last_error(), r->url_text, r->url_shown, msg, sizeof msg);
+        sg_mismatch(r, "check connection: cannot reconnect to %s: %s", r->url_shown, msg);
         r->rc_lost_noted = 1;
     }
     return 0;
 }
 
+/* A command as text, for messages (long arguments cut). */
+static const char *sg_cmd_text(const mpx__argv_t *a, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < a->argc && o + 1 < cap; i++) {
+        int len = a->lens[i] > 120 ? 120 : (int)a->lens[i];
+        int n = snprintf(buf + o, cap - o, "%s%.*s%s", i ? " " : "", len, a->argv[i],
+                         a->lens[i] > 120 ? "..." : "");
+        if (n < 0)
+            break;
+        o += (size_t)n < cap - o ? (size_t)n : cap - o - 1;
+        if (i >= 3 && i + 1 < a->argc) {
+            snprintf(buf + o, cap - o, " ... (%zu arguments)", a->argc);
+            break;
+        }
+    }
+    return buf;
+}
+
+/* The library's last message, with the URL's password hidden. */
+static const char *sg_lib_msg(const sg_run_t *r, char *buf, size_t cap)
+{
+    sg_replace(mpx_last_error(), r->url_text, r->url_shown, buf, cap);
+    return buf;
+}
+
+/* Send the command in `a` (finished here) and read its reply. 0 with *out
+ * set (the caller frees it), or -1, recorded as a mismatch when `record`. */
+static int sg_send(sg_run_t *r, int record, mpx__argv_t *a, redisReply **out)
+{
+    *out = NULL;
+    mpx__argv_finish(a);
+    if (!sg_check_ready(r, record))
+        return -1;
+    if (mpx__conn_command(&r->conn, a, out) == 0 && *out)
+        return 0;
+    if (*out)
+        freeReplyObject(*out);
+    *out = NULL;
+    if (record) {
+        char t[200], msg[512];
+        sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(a, t, sizeof t),
+                    sg_lib_msg(r, msg, sizeof msg));
+    }
+    return -1;
+}
+
+/* args[0..n) as one command (all NUL-terminated strings). */
+static int sg_calln(sg_run_t *r, int record, const char *const *args, size_t n, redisReply **out)
+{
+    mpx__argv_reset(&r->a);
+    for (size_t i = 0; i < n; i++)
+        SG_OK(mpx__argv_push(&r->a, args[i], strlen(args[i])), "a command");
+    return sg_send(r, record, &r->a, out);
+}
+
+#define SG_ARGS(...)                                                           \
+    (const char *const[]){__VA_ARGS__},                                        \
+        sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)
+#define sg_call(r, record, out, ...) sg_calln((r), (record), SG_ARGS(__VA_ARGS__), (out))
+
 /* Run a command expecting an integer; SG_INT_FAIL on any failure (recorded
  * when `record`). */
 #define SG_INT_FAIL LLONG_MIN
-static long long sg_vint(sg_run_t *r, int record, const char *fmt, va_list ap)
+static long long sg_intn(sg_run_t *r, int record, const char *const *args, size_t n)
 {
-    if (!sg_check_ready(r, record))
+    redisReply *rep;
+    if (sg_calln(r, record, args, n, &rep) != 0)
         return SG_INT_FAIL;
-    redisReply *rep = redisvCommand(r->rc, fmt, ap);
     long long v = SG_INT_FAIL;
-    if (!rep) {
-        if (record)
-            sg_mismatch(r, "'%s' failed: %s", fmt, r->rc->errstr);
-    } else if (rep->type != REDIS_REPLY_INTEGER) {
-        if (record)
-            sg_mismatch(r, "'%s': unexpected reply type %d %s", fmt, rep->type,
-                        rep->str ? rep->str : "");
-    } else {
+    if (rep->type == REDIS_REPLY_INTEGER) {
         v = rep->integer;
+    } else if (record) {
+        char t[200];
+        sg_mismatch(r, "'%s': unexpected reply type %d %s", sg_cmd_text(&r->a, t, sizeof t),
+                    rep->type, rep->str ? rep->str : "");
     }
-    if (rep)
-        freeReplyObject(rep);
+    freeReplyObject(rep);
     return v;
 }
-
-static long long sg_int(sg_run_t *r, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    long long v = sg_vint(r, 1, fmt, ap);
-    va_end(ap);
-    return v;
-}
-
+#define sg_int(r, ...) sg_intn((r), 1, SG_ARGS(__VA_ARGS__))
 /* The same, failures not recorded (polling). */
-static long long sg_int_quiet(sg_run_t *r, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    long long v = sg_vint(r, 0, fmt, ap);
-    va_end(ap);
-    return v;
-}
+#define sg_int_quiet(r, ...) sg_intn((r), 0, SG_ARGS(__VA_ARGS__))
 
-/* used_memory from INFO memory, or -1. */
-static long long sg_redis_used_memory(sg_run_t *r)
+/* n independent single-slot commands, pipelined (per master on a cluster).
+ * Returns 0 when the connection was usable (replies[i] or rcs[i] per
+ * command, as mpx__conn_pipeline), else -1 (recorded when `record`). */
+static int sg_pipeline(sg_run_t *r, int record, size_t n, mpx__argv_t *const *cmds,
+                       redisReply **replies, int *rcs)
 {
-    if (!sg_check_ready(r, 0))
-        return -1;
-    redisReply *rep = redisCommand(r->rc, "INFO memory");
-    long long v = -1;
-    if (rep && rep->type == REDIS_REPLY_STRING) {
-        const char *p = strstr(rep->str, "\nused_memory:");
-        if (!p && strncmp(rep->str, "used_memory:", 12) == 0)
-            p = rep->str - 1;
-        if (p)
-            v = strtoll(p + 13, NULL, 10);
+    for (size_t i = 0; i < n; i++) {
+        replies[i] = NULL;
+        rcs[i] = MPX_ECONN;
     }
-    if (rep)
-        freeReplyObject(rep);
-    return v;
+    if (!sg_check_ready(r, record))
+        return -1;
+    mpx__conn_pipeline(&r->conn, n, cmds, replies, rcs);
+    return 0;
 }
 
-static void sg_key_sparks(const sg_run_t *r, char *key)
+/* Key kinds for sg_kname. */
+enum { SG_K_HASH, SG_K_OWN, SG_K_ALIVE, SG_K_LEASE, SG_K_SHARD_GENS };
+
+/*
+ * The name of a key as keys.c builds it, into out (SG_KEY_CAP bytes):
+ * SG_K_HASH the spark hash of shard s (node layout: NS sparks); SG_K_OWN
+ * the set of addr's registration `gen` in shard s (node layout: NS addr
+ * :sparks); SG_K_ALIVE, SG_K_LEASE addr's alive key and lease;
+ * SG_K_SHARD_GENS shard s's generations hash (sharded only).
+ */
+static const char *sg_kname(const sg_run_t *r, char *out, int kind, uint32_t s, const char *addr,
+                            const char *gen)
 {
-    snprintf(key, SG_KEY_CAP, "%ssparks", r->nsc);
+    mpx__argv_t t;
+    mpx__argv_init(&t);
+    int rc = MPX_EINVAL;
+    switch (kind) {
+    case SG_K_HASH:
+        rc = mpx__key_hash(&r->keys, s, &t);
+        break;
+    case SG_K_OWN:
+        rc = mpx__key_own(&r->keys, s, addr, gen ? gen : "", &t);
+        break;
+    case SG_K_ALIVE:
+        rc = mpx__key_alive(&r->keys, addr, &t);
+        break;
+    case SG_K_LEASE:
+        rc = mpx__key_lease(&r->keys, addr, &t);
+        break;
+    case SG_K_SHARD_GENS:
+        if (r->keys.layout == MPX_LAYOUT_SHARDED)
+            rc = mpx__key_shard_gens(&r->keys, s, &t);
+        break;
+    }
+    if (rc != 0 || t.argc != 1)
+        sg_die_build("a key name");
+    mpx__argv_finish(&t);
+    if (t.lens[0] >= SG_KEY_CAP)
+        sg_die_build("a key name");
+    memcpy(out, t.argv[0], t.lens[0]);
+    out[t.lens[0]] = '\0';
+    mpx__argv_free(&t);
+    return out;
 }
 
-static void sg_key_servers(const sg_run_t *r, char *key)
+/* A server's set in shard s (its generation from r->srv). */
+static const char *sg_key_own(const sg_run_t *r, char *out, uint32_t s, unsigned v)
 {
-    snprintf(key, SG_KEY_CAP, "%sservers", r->nsc);
+    return sg_kname(r, out, SG_K_OWN, s, r->srv[v].address, r->srv[v].gen);
 }
 
-static void sg_key_drains(const sg_run_t *r, char *key)
+static int sg_sharded(const sg_run_t *r)
 {
-    snprintf(key, SG_KEY_CAP, "%sdrains", r->nsc);
-}
-
-static void sg_key_server_set(const sg_run_t *r, unsigned s, char *key)
-{
-    snprintf(key, SG_KEY_CAP, "%s%s:sparks", r->nsc, r->srv[s].address);
-}
-
-static void sg_key_alive(const sg_run_t *r, unsigned s, char *key)
-{
-    snprintf(key, SG_KEY_CAP, "%s%s", r->nsc, r->srv[s].address);
-}
-
-static void sg_key_lease(const sg_run_t *r, unsigned s, char *key)
-{
-    snprintf(key, SG_KEY_CAP, "%s%s:lease", r->nsc, r->srv[s].address);
+    return r->keys.layout == MPX_LAYOUT_SHARDED;
 }
 
 /*
- * Keys under the namespace, found with SCAN MATCH (bounded to about
- * SG_SCAN_MAX_KEYS keys visited). Calls `each` for each key (may be NULL);
- * returns the count, or -1 if a SCAN failed.
+ * CMD <key> for the key of `kind` in every shard (node layout: the one
+ * key), pipelined: e.g. HLEN of the spark hashes, SCARD or EXISTS of a
+ * server's sets. Returns the sum of the integer replies, or SG_INT_FAIL
+ * (recorded when `record`); per[s] (may be NULL) gets shard s's value.
  */
-static long long sg_scan_ns(sg_run_t *r, void (*each)(sg_run_t *, const char *))
+static long long sg_shards_sum(sg_run_t *r, int record, const char *cmd, int kind,
+                               const char *addr, const char *gen, long long *per)
 {
-    char pattern[2 * MPX_NAMESPACE_MAX + 8];
+    uint32_t S = r->keys.nshards;
+    mpx__argv_t *cmds = calloc(S, sizeof *cmds);
+    mpx__argv_t **cp = malloc(S * sizeof *cp);
+    redisReply **rep = calloc(S, sizeof *rep);
+    int *rcs = calloc(S, sizeof *rcs);
+    if (!cmds || !cp || !rep || !rcs)
+        sg_die_build("commands");
+    char key[SG_KEY_CAP];
+    for (uint32_t s = 0; s < S; s++) {
+        mpx__argv_init(&cmds[s]);
+        cp[s] = &cmds[s];
+        sg_kname(r, key, kind, s, addr, gen);
+        SG_OK(mpx__argv_push(&cmds[s], cmd, strlen(cmd)), "a command");
+        SG_OK(mpx__argv_pushcat(&cmds[s], key, strlen(key), "", 0), "a command");
+        mpx__argv_finish(&cmds[s]);
+    }
+    long long sum = 0;
+    if (sg_pipeline(r, record, S, cp, rep, rcs) != 0)
+        sum = SG_INT_FAIL;
+    for (uint32_t s = 0; s < S && sum != SG_INT_FAIL; s++) {
+        if (rcs[s] == 0 && rep[s] && rep[s]->type == REDIS_REPLY_INTEGER) {
+            sum += rep[s]->integer;
+            if (per)
+                per[s] = rep[s]->integer;
+            continue;
+        }
+        if (record) {
+            char t[200], msg[512];
+            sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&cmds[s], t, sizeof t),
+                        rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
+        }
+        sum = SG_INT_FAIL;
+    }
+    for (uint32_t s = 0; s < S; s++) {
+        if (rep[s])
+            freeReplyObject(rep[s]);
+        mpx__argv_free(&cmds[s]);
+    }
+    free(cmds);
+    free(cp);
+    free(rep);
+    free(rcs);
+    return sum;
+}
+
+/* The value of `field` in an INFO text, or -1. */
+static long long sg_info_value(const char *text, const char *field)
+{
+    size_t fl = strlen(field);
+    for (const char *p = text; p && *p; p = strchr(p, '\n')) {
+        if (*p == '\n')
+            p++;
+        if (strncmp(p, field, fl) == 0 && p[fl] == ':')
+            return strtoll(p + fl + 1, NULL, 10);
+    }
+    return -1;
+}
+
+/* Masters of the current slot map (a single Redis: 1); 0 if unreachable. */
+static size_t sg_nmasters(sg_run_t *r)
+{
+    return sg_check_ready(r, 0) ? mpx__conn_nodes(&r->conn) : 0;
+}
+
+/* The same after reading the slot map again if it is older than
+ * max_age_ms (a failover or reshard may have changed the masters). */
+static size_t sg_nmasters_fresh(sg_run_t *r, uint32_t max_age_ms)
+{
+    if (!sg_check_ready(r, 0))
+        return 0;
+    mpx__conn_refresh(&r->conn, max_age_ms);
+    return sg_nmasters(r);
+}
+
+/* Run args[0..n) on master i; 0 with *out set, or -1. */
+static int sg_node_calln(sg_run_t *r, size_t i, const char *const *args, size_t n,
+                         redisReply **out)
+{
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    for (size_t k = 0; k < n; k++)
+        SG_OK(mpx__argv_push(&a, args[k], strlen(args[k])), "a command");
+    mpx__argv_finish(&a);
+    *out = NULL;
+    int rc = mpx__conn_node_command(&r->conn, i, &a, out);
+    mpx__argv_free(&a);
+    if (rc == 0 && *out)
+        return 0;
+    if (*out)
+        freeReplyObject(*out);
+    *out = NULL;
+    return -1;
+}
+
+/* INFO <section> on master i: the value of `field`, or -1. */
+static long long sg_node_info(sg_run_t *r, size_t i, const char *section, const char *field)
+{
+    redisReply *rep;
+    if (sg_node_calln(r, i, SG_ARGS("INFO", section), &rep) != 0)
+        return -1;
+    long long v = rep->type == REDIS_REPLY_STRING ? sg_info_value(rep->str, field) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* "host:port" of master i copied into out, or "" . */
+static const char *sg_node_name(sg_run_t *r, size_t i, char *out, size_t cap)
+{
+    const char *n = mpx__conn_node_name(&r->conn, i);
+    snprintf(out, cap, "%s", n ? n : "");
+    return out;
+}
+
+/* The report's entry of the master called `name` (added if new). */
+static sg_master_t *sg_master_named(sg_run_t *r, const char *name)
+{
+    for (size_t i = 0; i < r->nmasters; i++)
+        if (strcmp(r->masters[i].name, name) == 0)
+            return &r->masters[i];
+    r->masters = sg_xrealloc(r->masters, (r->nmasters + 1) * sizeof *r->masters);
+    sg_master_t *m = &r->masters[r->nmasters++];
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->mem_before = m->mem_after = m->mem_end = -1;
+    m->ops_start = m->ops_end = m->keys = m->sparks = -1;
+    return m;
+}
+
+/* Redis used_memory summed over the masters, or -1 if any is unknown. */
+static long long sg_redis_used_memory(sg_run_t *r)
+{
+    size_t n = sg_nmasters_fresh(r, 1000);
+    long long sum = n ? 0 : -1;
+    for (size_t i = 0; i < n && sum >= 0; i++) {
+        long long v = sg_node_info(r, i, "memory", "used_memory");
+        sum = v < 0 ? -1 : sum + v;
+    }
+    return sum;
+}
+
+enum { SG_SNAP_BEFORE, SG_SNAP_AFTER, SG_SNAP_END };
+
+/*
+ * Record every master's used_memory (and at SG_SNAP_BEFORE / SG_SNAP_END
+ * its total_commands_processed) for the report. Returns the used_memory
+ * sum, or -1 if a master could not be read.
+ */
+static long long sg_masters_snapshot(sg_run_t *r, int snap)
+{
+    size_t n = sg_nmasters_fresh(r, 0);
+    if (n == 0)
+        return -1;
+    if (snap == SG_SNAP_END)
+        for (size_t k = 0; k < r->nmasters; k++)
+            r->masters[k].is_master = 0;
+    long long sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        char name[96];
+        sg_node_name(r, i, name, sizeof name);
+        long long mem = sg_node_info(r, i, "memory", "used_memory");
+        long long ops = snap == SG_SNAP_AFTER
+                            ? -1
+                            : sg_node_info(r, i, "stats", "total_commands_processed");
+        sum = mem < 0 || sum < 0 ? -1 : sum + mem;
+        if (!name[0])
+            continue;
+        sg_master_t *m = sg_master_named(r, name);
+        if (snap == SG_SNAP_BEFORE) {
+            m->mem_before = mem;
+            m->ops_start = ops;
+            m->is_master = 1;
+        } else if (snap == SG_SNAP_AFTER) {
+            m->mem_after = mem;
+        } else {
+            m->mem_end = mem;
+            m->ops_end = ops;
+            m->is_master = 1;
+        }
+    }
+    return sum;
+}
+
+typedef void (*sg_key_fn)(sg_run_t *r, size_t master, const char *key, size_t len, void *arg);
+
+/*
+ * Keys of the namespace, found with SCAN MATCH on every master (bounded to
+ * about SG_SCAN_MAX_KEYS keys visited): "NS:*", and in the sharded layout
+ * also "{NS}:*" (the control keys). Calls `each` for each key (may be
+ * NULL); returns the count, or -1 if a SCAN failed.
+ */
+static long long sg_scan_ns(sg_run_t *r, sg_key_fn each, void *arg)
+{
+    char esc[2 * MPX_NAMESPACE_MAX + 2];
     size_t o = 0;
     for (const char *p = r->cfg.ns; *p; p++) {
         if (strchr("*?[]\\", *p))
-            pattern[o++] = '\\';
-        pattern[o++] = *p;
+            esc[o++] = '\\';
+        esc[o++] = *p;
     }
-    memcpy(pattern + o, ":*", 3);
-
-    char cursor[32] = "0";
+    esc[o] = '\0';
+    char patterns[2][2 * MPX_NAMESPACE_MAX + 8];
+    int npat = 1;
+    snprintf(patterns[0], sizeof patterns[0], "%s:*", esc);
+    if (sg_sharded(r)) {
+        snprintf(patterns[1], sizeof patterns[1], "{%s}:*", esc);
+        npat = 2;
+    }
+    size_t n = sg_nmasters(r);
+    if (n == 0)
+        return -1;
     long long found = 0;
     unsigned long long visited = 0;
-    do {
-        if (!sg_check_ready(r, 0))
-            return -1;
-        redisReply *rep =
-            redisCommand(r->rc, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
-            rep->element[0]->type != REDIS_REPLY_STRING ||
-            rep->element[1]->type != REDIS_REPLY_ARRAY) {
-            if (rep)
+    for (size_t i = 0; i < n; i++) {
+        for (int pi = 0; pi < npat; pi++) {
+            char cursor[32] = "0";
+            do {
+                redisReply *rep;
+                if (sg_node_calln(r, i,
+                                  SG_ARGS("SCAN", cursor, "MATCH", patterns[pi], "COUNT", "1000"),
+                                  &rep) != 0)
+                    return -1;
+                if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+                    rep->element[0]->type != REDIS_REPLY_STRING ||
+                    rep->element[1]->type != REDIS_REPLY_ARRAY) {
+                    freeReplyObject(rep);
+                    return -1;
+                }
+                snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
+                redisReply *keys = rep->element[1];
+                for (size_t k = 0; k < keys->elements; k++) {
+                    found++;
+                    if (each && keys->element[k]->type == REDIS_REPLY_STRING)
+                        each(r, i, keys->element[k]->str, keys->element[k]->len, arg);
+                }
+                visited += 1000;
                 freeReplyObject(rep);
-            return -1;
+            } while (strcmp(cursor, "0") != 0 && visited < SG_SCAN_MAX_KEYS);
         }
-        snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
-        redisReply *keys = rep->element[1];
-        for (size_t i = 0; i < keys->elements; i++) {
-            found++;
-            if (each && keys->element[i]->type == REDIS_REPLY_STRING)
-                each(r, keys->element[i]->str);
-        }
-        visited += 1000;
-        freeReplyObject(rep);
-    } while (strcmp(cursor, "0") != 0 && visited < SG_SCAN_MAX_KEYS);
+    }
     return found;
 }
+
+static void sg_cluster_kill(const char *dir);
 
 /* ------------------------------------------------------------------------ */
 /* Signals                                                                  */
@@ -2200,6 +2599,8 @@ static void *sg_signal_thread(void *arg)
         pid_t pid = atomic_load(&r->redis_pid);
         if (pid > 0)
             kill(pid, SIGKILL);
+        if (atomic_load(&r->own_cluster))
+            sg_cluster_kill(r->cluster_dir);
         static const char msg[] = "\nsparkgen: aborted\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
             /* nothing more to do */
@@ -2331,10 +2732,8 @@ static void sg_child_main(sg_run_t *r, unsigned s, int cmd_fd, int rep_fd)
         close(r->nodes[j].cmd_fd);
         close(r->nodes[j].lr.fd);
     }
-    if (r->rc) {
-        redisFree(r->rc); /* our copy of the parent's check connection */
-        r->rc = NULL;
-    }
+    /* The parent closed its check connection before forking (so no
+     * socket is shared): nothing of it to release here. */
     const sg_config_t *cfg = &r->cfg;
     unsigned S = cfg->servers, T = cfg->threads;
     unsigned nt = T / S + (s < T % S);
@@ -2366,11 +2765,11 @@ static void sg_child_main(sg_run_t *r, unsigned s, int cmd_fd, int rep_fd)
             break;
         }
     }
-    uint64_t api = 0, bg = 0;
-    sg_local_destroy(L, &api, &bg);
+    uint64_t api = 0, bg = 0, notices = 0;
+    sg_local_destroy(L, &api, &bg, &notices);
     if (said_exit) {
         sg_buf_clear(&out);
-        sg_buf_printf(&out, "X %" PRIu64 " %" PRIu64 "\n", api, bg);
+        sg_buf_printf(&out, "X %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", api, bg, notices);
         if (sg_write_all(rep_fd, out.p, out.len) != 0)
             code = SG_EXIT_FAIL;
     }
@@ -2383,13 +2782,144 @@ static void sg_child_main(sg_run_t *r, unsigned s, int cmd_fd, int rep_fd)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Throwaway Redis Cluster (--cluster)                                       */
+
+/* tools/cluster.sh: $MPX_CLUSTER_SH, else next to the build (the binary is
+ * build/bin/metroplex-sparkgen), else ./tools/cluster.sh. */
+static int sg_find_cluster_sh(char *out, size_t cap)
+{
+    const char *env = getenv("MPX_CLUSTER_SH");
+    if (env && *env) {
+        snprintf(out, cap, "%s", env);
+        return access(out, R_OK) == 0 ? 0 : -1;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            static const char *const rel[] = {"/../../tools/cluster.sh", "/../tools/cluster.sh"};
+            for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+                int n = snprintf(out, cap, "%s%s", exe, rel[i]);
+                if (n > 0 && (size_t)n < cap && access(out, R_OK) == 0)
+                    return 0;
+            }
+        }
+    }
+    snprintf(out, cap, "tools/cluster.sh");
+    return access(out, R_OK) == 0 ? 0 : -1;
+}
+
+static int sg_shell_safe(const char *s)
+{
+    return strchr(s, '\'') == NULL;
+}
+
+/* Start a cluster of SG_CLUSTER_MASTERS masters in a fresh directory; its
+ * seed URL goes to r->url_text. 0 or an exit code. */
+static int sg_cluster_start(sg_run_t *r)
+{
+    if (sg_find_cluster_sh(r->cluster_sh, sizeof r->cluster_sh) != 0) {
+        sg_error("--cluster: tools/cluster.sh not found (set $MPX_CLUSTER_SH)");
+        return SG_EXIT_USAGE;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(r->cluster_dir, sizeof r->cluster_dir, "%s/sparkgen-cluster.XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(r->cluster_dir)) {
+        sg_error("--cluster: mkdtemp %s: %s", r->cluster_dir, strerror(errno));
+        r->cluster_dir[0] = '\0';
+        return SG_EXIT_USAGE;
+    }
+    if (!sg_shell_safe(r->cluster_sh) || !sg_shell_safe(r->cluster_dir)) {
+        sg_error("--cluster: paths with a quote are not supported");
+        rmdir(r->cluster_dir);
+        return SG_EXIT_USAGE;
+    }
+    char cmd[PATH_MAX * 2 + 128];
+    snprintf(cmd, sizeof cmd, "bash '%s' start '%s' --masters %d --replicas 0", r->cluster_sh,
+             r->cluster_dir, SG_CLUSTER_MASTERS);
+    sg_info("starting a throwaway Redis Cluster (%d masters) in %s", SG_CLUSTER_MASTERS,
+            r->cluster_dir);
+    fflush(stderr);
+    atomic_store(&r->own_cluster, 1); /* from now on, stop it on the way out */
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        sg_error("--cluster: cannot run %s: %s", r->cluster_sh, strerror(errno));
+        return SG_EXIT_USAGE;
+    }
+    char line[512];
+    r->url_text[0] = '\0';
+    while (fgets(line, sizeof line, p)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strncmp(line, "redis-cluster://", 16) == 0)
+            snprintf(r->url_text, sizeof r->url_text, "%s", line);
+    }
+    int st = pclose(p);
+    if (st != 0 || !r->url_text[0]) {
+        sg_error("--cluster: tools/cluster.sh start failed (status %d)", st);
+        return SG_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Stop the cluster we started (the script stops exactly its recorded PIDs
+ * and removes the directory). */
+static void sg_cluster_stop(sg_run_t *r)
+{
+    if (!atomic_load(&r->own_cluster))
+        return;
+    char cmd[PATH_MAX * 2 + 64];
+    snprintf(cmd, sizeof cmd, "bash '%s' stop '%s' >/dev/null", r->cluster_sh, r->cluster_dir);
+    int st = system(cmd);
+    atomic_store(&r->own_cluster, 0);
+    if (st != 0)
+        sg_warn("--cluster: 'tools/cluster.sh stop %s' exited with status %d", r->cluster_dir,
+                st);
+}
+
+/* Second signal: SIGKILL the cluster's redis-server processes (the PIDs
+ * tools/cluster.sh recorded, each checked to be a redis-server first). */
+static void sg_cluster_kill(const char *dir)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/pids", dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    long pid, port;
+    while (fscanf(f, "%ld %ld", &pid, &port) == 2) {
+        char cpath[64], cmdline[256] = "";
+        snprintf(cpath, sizeof cpath, "/proc/%ld/cmdline", pid);
+        FILE *c = fopen(cpath, "r");
+        if (!c)
+            continue;
+        size_t n = fread(cmdline, 1, sizeof cmdline - 1, c);
+        fclose(c);
+        for (size_t i = 0; i < n; i++)
+            if (!cmdline[i])
+                cmdline[i] = ' ';
+        cmdline[n] = '\0';
+        if (pid > 1 && strstr(cmdline, "redis-server"))
+            kill((pid_t)pid, SIGKILL);
+    }
+    fclose(f);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Phases                                                                   */
 
 /* Start or reach Redis; check the namespace is empty. Exit code or 0. */
 static int sg_phase_redis(sg_run_t *r)
 {
-    char why[256];
-    if (!r->cfg.redis_url) {
+    if (r->cfg.cluster) {
+        int rc = sg_cluster_start(r);
+        if (rc)
+            return rc;
+        sg_info("Redis Cluster at %s", r->url_text);
+    } else if (!r->cfg.redis_url) {
         if (redis_proc_start(&r->rp, NULL) != 0) {
             redis_proc_destroy(&r->rp); /* its temporary directory */
             sg_error("cannot start a throwaway redis-server (is redis-server in PATH, "
@@ -2408,17 +2938,22 @@ static int sg_phase_redis(sg_run_t *r)
         sg_error("unusable Redis URL %s", r->url_shown);
         return SG_EXIT_USAGE;
     }
-    r->rc = sg_redis_connect(&r->ep, why, sizeof why);
-    if (!r->rc) {
-        sg_error("cannot reach Redis at %s: %s", r->url_shown, why);
+    if (mpx__keys_init_layout(&r->keys, r->cfg.ns, r->cfg.layout, r->cfg.shards) != 0) {
+        sg_error("cannot set up the key names (out of memory)");
+        return SG_EXIT_FAIL;
+    }
+    r->keys_ready = 1;
+    mpx__argv_init(&r->a);
+    mpx__conn_init(&r->conn, &r->ep, 2000, SG_CHECK_TIMEOUT_MS, "sparkgen", NULL);
+    r->conn_ready = 1;
+    if (mpx__conn_ensure(&r->conn, true) != 0) {
+        char msg[512];
+        sg_error("cannot reach Redis at %s: %s", r->url_shown, sg_lib_msg(r, msg, sizeof msg));
         return SG_EXIT_USAGE;
     }
-    char key[SG_KEY_CAP];
-    long long keys = sg_scan_ns(r, NULL);
-    sg_key_sparks(r, key);
-    long long hlen = sg_int(r, "HLEN %s", key);
-    sg_key_servers(r, key);
-    long long nservers = sg_int(r, "SCARD %s", key);
+    long long keys = sg_scan_ns(r, NULL, NULL);
+    long long hlen = sg_shards_sum(r, 1, "HLEN", SG_K_HASH, NULL, NULL, NULL);
+    long long nservers = sg_int(r, "SCARD", r->keys.servers);
     if (keys < 0 || hlen < 0 || nservers < 0) {
         sg_error("cannot inspect namespace '%s' at %s", r->cfg.ns, r->url_shown);
         return SG_EXIT_USAGE;
@@ -2430,11 +2965,18 @@ static int sg_phase_redis(sg_run_t *r)
         return SG_EXIT_USAGE;
     }
     /* SMISMEMBER needs Redis 6.2; older ones get SISMEMBER one by one. */
+    char key[SG_KEY_CAP];
     snprintf(key, sizeof key, "%ssparkgen-probe:sparks", r->nsc);
-    redisReply *rep = redisCommand(r->rc, "SMISMEMBER %s x", key);
-    r->no_smismember = !rep || rep->type != REDIS_REPLY_ARRAY;
-    if (rep)
+    redisReply *rep;
+    r->no_smismember = sg_call(r, 0, &rep, "SMISMEMBER", key, "x") != 0;
+    if (!r->no_smismember) {
+        r->no_smismember = rep->type != REDIS_REPLY_ARRAY;
         freeReplyObject(rep);
+    }
+    size_t masters = sg_nmasters(r);
+    if (sg_sharded(r))
+        sg_info("sharded layout, %" PRIu32 " shards; %zu master%s", r->keys.nshards, masters,
+                masters == 1 ? "" : "s");
     r->mismatches = 0; /* nothing above is a mismatch of this run */
     r->shown = 0;
     r->rc_lost_noted = 0;
@@ -2472,6 +3014,9 @@ static int sg_phase_nodes(sg_run_t *r)
             return rc;
     } else {
         r->parent_pid = getpid();
+        /* No check connection across fork: it is opened again when next
+         * used. */
+        mpx__conn_free(&r->conn);
         for (unsigned s = 0; s < S; s++) {
             sg_node_t *n = &r->nodes[s];
             int cmd[2], rep[2];
@@ -2537,8 +3082,9 @@ static int sg_phase_nodes(sg_run_t *r)
             return status;
     }
     r->m.register_s = sg_now() - t0;
-    /* Redis memory from after registration: only the sparks count. */
-    r->m.redis_mem_before = sg_redis_used_memory(r);
+    /* Redis memory from after registration: only the sparks count. Every
+     * master's memory and command count, for the per-master figures. */
+    r->m.redis_mem_before = sg_masters_snapshot(r, SG_SNAP_BEFORE);
     sg_info("registered %u servers in %.3f s%s", S, r->m.register_s,
             cfg->kill ? " (one process each)" : "");
     return 0;
@@ -2611,7 +3157,7 @@ static int sg_phase_connect(sg_run_t *r)
     r->m.connect_s = t_conn > t_start ? t_conn - t_start : 0;
     r->m.commit_s = t_flushed > t_start ? t_flushed - t_start : 0;
     r->m.rss_delta_kb = connected ? rss : -1;
-    r->m.redis_mem_after = sg_redis_used_memory(r);
+    r->m.redis_mem_after = sg_masters_snapshot(r, SG_SNAP_AFTER);
     sg_info("connect: %" PRIu64 " calls in %.3f s (%.0f/s) with %u threads; all committed "
             "after %.3f s (%.0f/s)",
             r->m.connect_calls, r->m.connect_s,
@@ -2694,34 +3240,42 @@ static void sg_take_churn_ops(sg_run_t *r, sg_node_t *n, const char *a, void *ar
 /* Is Redis free of everything of the killed servers? Quiet polling: a
  * failed call just means "not yet". */
 static int sg_check_ids_absent(sg_run_t *r, unsigned v);
+static int sg_shard_markers(sg_run_t *r, int record,
+                            void (*each)(sg_run_t *r, uint32_t s, unsigned v, const char *val,
+                                         void *arg),
+                            void *arg);
+
+static void sg_marker_of_killed(sg_run_t *r, uint32_t s, unsigned v, const char *val, void *arg)
+{
+    (void)s;
+    if (val && r->srv[v].killed)
+        *(int *)arg = 1;
+}
 
 static int sg_reap_done(sg_run_t *r)
 {
-    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
-    sg_key_servers(r, key2);
+    char key[SG_KEY_CAP];
     for (unsigned v = 0; v < r->cfg.servers; v++) {
-        if (!r->srv[v].killed)
+        const sg_srv_t *s = &r->srv[v];
+        if (!s->killed)
             continue;
-        if (sg_int_quiet(r, "SISMEMBER %s %s", key2, r->srv[v].address) != 0)
+        if (sg_int_quiet(r, "SISMEMBER", r->keys.servers, s->address) != 0)
             return 0;
-        sg_key_alive(r, v, key);
-        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+        if (sg_int_quiet(r, "EXISTS", sg_kname(r, key, SG_K_ALIVE, 0, s->address, NULL)) != 0)
             return 0;
-        sg_key_lease(r, v, key);
-        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+        if (sg_int_quiet(r, "EXISTS", sg_kname(r, key, SG_K_LEASE, 0, s->address, NULL)) != 0)
             return 0;
-        sg_key_server_set(r, v, key);
-        if (sg_int_quiet(r, "EXISTS %s", key) != 0)
+        if (sg_shards_sum(r, 0, "EXISTS", SG_K_OWN, s->address, s->gen, NULL) != 0)
+            return 0;
+        if (sg_sharded(r) && sg_int_quiet(r, "HEXISTS", r->keys.gens, s->address) != 0)
             return 0;
     }
     /* No cleanup of theirs still listed. */
-    sg_key_drains(r, key);
-    if (!sg_check_ready(r, 0))
+    redisReply *rep;
+    if (sg_call(r, 0, &rep, "HVALS", r->keys.drains) != 0)
         return 0;
-    redisReply *rep = redisCommand(r->rc, "HVALS %s", key);
-    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-        if (rep)
-            freeReplyObject(rep);
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(rep);
         return 0;
     }
     int pending = 0;
@@ -2736,11 +3290,56 @@ static int sg_reap_done(sg_run_t *r)
     freeReplyObject(rep);
     if (pending)
         return 0;
+    /* Sharded: no shard still marks a generation of theirs. */
+    if (sg_sharded(r) && (sg_shard_markers(r, 0, sg_marker_of_killed, &pending) != 0 || pending))
+        return 0;
     /* And none of their sparks left in the hash. */
     for (unsigned v = 0; v < r->cfg.servers; v++)
         if (r->srv[v].killed && !sg_check_ids_absent(r, v))
             return 0;
     return 1;
+}
+
+static void sg_take_gens(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
+{
+    (void)arg;
+    unsigned count;
+    int used = 0;
+    if (sscanf(a, "G %u%n", &count, &used) != 1 || count > n->count) {
+        sg_node_failed(r, n, "unreadable answer to 'gens'");
+        return;
+    }
+    const char *p = a + used;
+    for (unsigned k = 0; k < count; k++) {
+        while (*p == ' ')
+            p++;
+        size_t len = strcspn(p, " ");
+        sg_srv_t *s = &r->srv[n->first + k];
+        if (len == 0 || (len == 1 && *p == '-'))
+            s->gen[0] = '\0';
+        else
+            snprintf(s->gen, sizeof s->gen, "%.*s", (int)len, p);
+        p += len;
+    }
+}
+
+/* Sharded: learn the current generation of the servers of the live nodes
+ * in [from, to) (their sets are named by it). No-op in the node layout. */
+static void sg_nodes_gens(sg_run_t *r, unsigned from, unsigned to)
+{
+    if (!sg_sharded(r))
+        return;
+    for (unsigned i = from; i < to; i++)
+        if (!r->nodes[i].dead)
+            sg_node_begin(r, &r->nodes[i], "gens");
+    for (unsigned i = from; i < to; i++) {
+        sg_node_t *n = &r->nodes[i];
+        if (!n->pending)
+            continue;
+        const char *a = sg_node_end(r, n, 30000);
+        if (a)
+            sg_take_gens(r, n, a, NULL);
+    }
 }
 
 /*
@@ -2769,10 +3368,10 @@ static int sg_kill_servers(sg_run_t *r, double *t_kill)
             if (a)
                 sg_take_stats(r, &r->nodes[i], a, NULL);
         }
-    char key[SG_KEY_CAP];
+    sg_nodes_gens(r, from, to); /* the sets to watch are named by it */
     for (unsigned v = from; v < to; v++) {
-        sg_key_server_set(r, v, key);
-        long long n = sg_int(r, "SCARD %s", key);
+        long long n = sg_shards_sum(r, 1, "SCARD", SG_K_OWN, r->srv[v].address, r->srv[v].gen,
+                                    NULL);
         r->srv[v].sparks_at_kill = n > 0 ? (uint64_t)n : 0;
         r->m.killed_sparks += r->srv[v].sparks_at_kill;
     }
@@ -2915,12 +3514,34 @@ typedef struct sg_idcheck {
     int failed;       /* a Redis call failed (recorded when `record`) */
 } sg_idcheck_t;
 
+/* One command of a sg_check_ids round. */
+typedef struct sg_idcmd {
+    int kind;      /* 0 HMGET of the hash, 1 SMISMEMBER, 2 SISMEMBER of the set */
+    uint32_t shard;
+    size_t first;  /* its ids: order[first .. first + n) */
+    size_t n;
+} sg_idcmd_t;
+
+/* Argument i of a command as text (a key, for messages). */
+static const char *sg_arg_text(const mpx__argv_t *a, size_t i, char *buf, size_t cap)
+{
+    size_t n = i < a->argc ? a->lens[i] : 0;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, i < a->argc ? a->argv[i] : "", n);
+    buf[n] = '\0';
+    return buf;
+}
+
 /*
- * Check every id of server v (indices v, v + S, v + 2S, ...), SG_CHUNK ids
- * per round trip: HMGET of the hash must give v's address (or nothing if v
- * was killed) and, for a survivor, SMISMEMBER of v's set must say 1.
- * Mismatches are recorded when `record` is set; otherwise this only counts
- * (polling) and stops at the first.
+ * Check every id of server v (indices v, v + S, v + 2S, ...): HMGET of the
+ * spark hash of its shard must give v's address (or nothing if v was
+ * killed) and, for a survivor, SMISMEMBER of v's set in that shard (of its
+ * generation) must say 1. Each round takes SG_CHUNK ids per shard (at most
+ * SG_BLOCK_MAX), groups them by shard and pipelines one HMGET and one
+ * SMISMEMBER per shard and per SG_CHUNK ids (node layout: one shard, 1000
+ * ids per round, as before). Mismatches are recorded when `record` is set;
+ * otherwise this only counts (polling).
  */
 static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
 {
@@ -2929,126 +3550,184 @@ static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
     memset(out, 0, sizeof *out);
     if (s->expected == 0)
         return;
-    char hkey[SG_KEY_CAP], skey[SG_KEY_CAP];
-    sg_key_sparks(r, hkey);
-    sg_key_server_set(r, v, skey);
-    size_t cap = SG_CHUNK;
-    char(*ids)[SG_ID_CAP] = malloc(cap * sizeof *ids);
-    const char **argv = malloc((cap + 2) * sizeof *argv);
-    size_t *lens = malloc((cap + 2) * sizeof *lens);
-    uint64_t *idx = malloc(cap * sizeof *idx);
-    if (!ids || !argv || !lens || !idx) {
+    uint32_t S = r->keys.nshards;
+    size_t block = (size_t)SG_CHUNK * S;
+    if (block > SG_BLOCK_MAX)
+        block = SG_BLOCK_MAX;
+    if (block > s->expected)
+        block = (size_t)s->expected;
+    int check_set = !s->killed;
+    size_t maxcmds = 2 * (block / SG_CHUNK + S) + (r->no_smismember ? block : 0);
+    char(*ids)[SG_ID_CAP] = malloc(block * sizeof *ids);
+    size_t *lens = malloc(block * sizeof *lens);
+    uint64_t *idx = malloc(block * sizeof *idx);
+    uint32_t *shard = malloc(block * sizeof *shard);
+    size_t *order = malloc(block * sizeof *order);
+    size_t *start = malloc(((size_t)S + 1) * sizeof *start);
+    size_t *fill = malloc((size_t)S * sizeof *fill);
+    sg_idcmd_t *cm = malloc(maxcmds * sizeof *cm);
+    mpx__argv_t *argv = calloc(maxcmds, sizeof *argv);
+    mpx__argv_t **cp = malloc(maxcmds * sizeof *cp);
+    redisReply **rep = calloc(maxcmds, sizeof *rep);
+    int *rcs = malloc(maxcmds * sizeof *rcs);
+    if (!ids || !lens || !idx || !shard || !order || !start || !fill || !cm || !argv || !cp ||
+        !rep || !rcs) {
         out->failed = 1;
         if (record)
             sg_mismatch(r, "verify: out of memory");
         goto done;
     }
-    int check_set = !s->killed;
-    for (uint64_t j0 = 0; j0 < s->expected; j0 += cap) {
-        size_t n = s->expected - j0 < cap ? (size_t)(s->expected - j0) : cap;
+    for (size_t c = 0; c < maxcmds; c++) {
+        mpx__argv_init(&argv[c]);
+        cp[c] = &argv[c];
+    }
+    char okey[SG_KEY_CAP];
+    for (uint64_t j0 = 0; j0 < s->expected && !out->failed; j0 += block) {
+        size_t n = s->expected - j0 < block ? (size_t)(s->expected - j0) : block;
+        memset(start, 0, ((size_t)S + 1) * sizeof *start);
         for (size_t k = 0; k < n; k++) {
             idx[k] = v + (uint64_t)cfg->servers * (j0 + k);
-            lens[k + 2] = sg_spark_id(idx[k], ids[k]);
-            argv[k + 2] = ids[k];
+            lens[k] = sg_spark_id(idx[k], ids[k]);
+            shard[k] = mpx__key_shard(&r->keys, ids[k], lens[k]);
+            start[shard[k] + 1]++;
         }
-        if (!sg_check_ready(r, record)) {
-            out->failed = 1;
-            goto done;
+        for (uint32_t q = 0; q < S; q++) {
+            start[q + 1] += start[q];
+            fill[q] = start[q];
         }
-        argv[0] = "HMGET";
-        lens[0] = 5;
-        argv[1] = hkey;
-        lens[1] = strlen(hkey);
-        redisAppendCommandArgv(r->rc, (int)(n + 2), argv, lens);
-        if (check_set && !r->no_smismember) {
-            argv[0] = "SMISMEMBER";
-            lens[0] = 10;
-            argv[1] = skey;
-            lens[1] = strlen(skey);
-            redisAppendCommandArgv(r->rc, (int)(n + 2), argv, lens);
-        } else if (check_set) {
-            for (size_t k = 0; k < n; k++)
-                redisAppendCommand(r->rc, "SISMEMBER %s %b", skey, ids[k], lens[k + 2]);
-        }
-        /* The hash. */
-        redisReply *rep = NULL;
-        if (redisGetReply(r->rc, (void **)&rep) != REDIS_OK || !rep ||
-            rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
-            if (record)
-                sg_mismatch(r, "HMGET %s (%zu ids of server %u) failed: %s", hkey, n, v,
-                            rep && rep->str ? rep->str : r->rc->errstr);
-            if (rep)
-                freeReplyObject(rep);
-            out->failed = 1;
-            redisFree(r->rc); /* replies may be left in flight */
-            r->rc = NULL;
-            goto done;
-        }
-        for (size_t k = 0; k < n; k++) {
-            const redisReply *e = rep->element[k];
-            int present = e->type == REDIS_REPLY_STRING;
-            out->in_hash += present;
-            int good = s->killed ? !present : present && strcmp(e->str, s->address) == 0;
-            if (good)
-                continue;
-            out->bad++;
-            if (!record)
-                continue;
-            char shown[96];
-            sg_id_shown(ids[k], lens[k + 2], shown, sizeof shown);
-            if (s->killed)
-                sg_mismatch(r, "spark %s (#%" PRIu64 ") of killed server %u still in %s -> %s",
-                            shown, idx[k], v, hkey, e->str);
-            else if (!present)
-                sg_mismatch(r, "spark %s (#%" PRIu64 ") missing from %s (expected %s)", shown,
-                            idx[k], hkey, s->address);
-            else
-                sg_mismatch(r, "spark %s (#%" PRIu64 "): %s says %s, expected %s", shown,
-                            idx[k], hkey, e->str, s->address);
-        }
-        freeReplyObject(rep);
-        /* The set. */
-        if (check_set) {
-            size_t replies = r->no_smismember ? n : 1;
-            for (size_t q = 0; q < replies; q++) {
-                rep = NULL;
-                if (redisGetReply(r->rc, (void **)&rep) != REDIS_OK || !rep ||
-                    (r->no_smismember ? rep->type != REDIS_REPLY_INTEGER
-                                      : rep->type != REDIS_REPLY_ARRAY || rep->elements != n)) {
-                    if (record)
-                        sg_mismatch(r, "membership check of %zu ids in %s failed: %s", n, skey,
-                                    rep && rep->str ? rep->str : r->rc->errstr);
-                    if (rep)
-                        freeReplyObject(rep);
-                    out->failed = 1;
-                    redisFree(r->rc);
-                    r->rc = NULL;
-                    goto done;
+        for (size_t k = 0; k < n; k++)
+            order[fill[shard[k]]++] = k;
+        /* The round's commands, shard by shard. */
+        size_t nc = 0;
+        for (uint32_t q = 0; q < S; q++) {
+            if (check_set && start[q + 1] > start[q])
+                sg_key_own(r, okey, q, v);
+            for (size_t f = start[q]; f < start[q + 1]; f += SG_CHUNK) {
+                size_t m = start[q + 1] - f < SG_CHUNK ? start[q + 1] - f : SG_CHUNK;
+                mpx__argv_t *a = &argv[nc];
+                mpx__argv_reset(a);
+                SG_OK(mpx__argv_push(a, "HMGET", 5), "HMGET");
+                SG_OK(mpx__key_hash(&r->keys, q, a), "HMGET");
+                for (size_t t = 0; t < m; t++)
+                    SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]), "HMGET");
+                mpx__argv_finish(a);
+                cm[nc++] = (sg_idcmd_t){0, q, f, m};
+                if (!check_set)
+                    continue;
+                if (!r->no_smismember) {
+                    a = &argv[nc];
+                    mpx__argv_reset(a);
+                    SG_OK(mpx__argv_push(a, "SMISMEMBER", 10), "SMISMEMBER");
+                    SG_OK(mpx__argv_pushcat(a, okey, strlen(okey), "", 0), "SMISMEMBER");
+                    for (size_t t = 0; t < m; t++)
+                        SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]),
+                              "SMISMEMBER");
+                    mpx__argv_finish(a);
+                    cm[nc++] = (sg_idcmd_t){1, q, f, m};
+                } else {
+                    for (size_t t = 0; t < m; t++) {
+                        a = &argv[nc];
+                        mpx__argv_reset(a);
+                        SG_OK(mpx__argv_push(a, "SISMEMBER", 9), "SISMEMBER");
+                        SG_OK(mpx__argv_pushcat(a, okey, strlen(okey), "", 0), "SISMEMBER");
+                        SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]),
+                              "SISMEMBER");
+                        mpx__argv_finish(a);
+                        cm[nc++] = (sg_idcmd_t){2, q, f + t, 1};
+                    }
                 }
-                for (size_t k = 0; k < (r->no_smismember ? 1 : n); k++) {
-                    size_t id_k = r->no_smismember ? q : k;
-                    const redisReply *e = r->no_smismember ? rep : rep->element[k];
+            }
+        }
+        if (sg_pipeline(r, record, nc, cp, rep, rcs) != 0) {
+            out->failed = 1;
+            break;
+        }
+        for (size_t c = 0; c < nc; c++) {
+            const sg_idcmd_t *x = &cm[c];
+            redisReply *y = rep[c];
+            char key[SG_KEY_CAP];
+            sg_arg_text(&argv[c], 1, key, sizeof key);
+            int shape_ok = y && (x->kind == 2 ? y->type == REDIS_REPLY_INTEGER
+                                              : y->type == REDIS_REPLY_ARRAY &&
+                                                    y->elements == x->n);
+            if (rcs[c] != 0 || !shape_ok) {
+                if (record && !out->failed) {
+                    char msg[512];
+                    const char *why = rcs[c] ? sg_lib_msg(r, msg, sizeof msg)
+                                             : y && y->str ? y->str : "unexpected reply";
+                    if (x->kind == 0)
+                        sg_mismatch(r, "HMGET %s (%zu ids of server %u) failed: %s", key, x->n,
+                                    v, why);
+                    else
+                        sg_mismatch(r, "membership check of %zu ids in %s failed: %s", x->n,
+                                    key, why);
+                }
+                out->failed = 1;
+                continue;
+            }
+            for (size_t t = 0; t < x->n; t++) {
+                size_t k = order[x->first + t];
+                char shown[96];
+                if (x->kind == 0) {
+                    const redisReply *e = y->element[t];
+                    int present = e->type == REDIS_REPLY_STRING;
+                    out->in_hash += present;
+                    int good = s->killed ? !present : present && strcmp(e->str, s->address) == 0;
+                    if (good)
+                        continue;
+                    out->bad++;
+                    if (!record)
+                        continue;
+                    sg_id_shown(ids[k], lens[k], shown, sizeof shown);
+                    if (s->killed)
+                        sg_mismatch(r, "spark %s (#%" PRIu64 ") of killed server %u still in %s -> %s",
+                                    shown, idx[k], v, key, e->str);
+                    else if (!present)
+                        sg_mismatch(r, "spark %s (#%" PRIu64 ") missing from %s (expected %s)",
+                                    shown, idx[k], key, s->address);
+                    else
+                        sg_mismatch(r, "spark %s (#%" PRIu64 "): %s says %s, expected %s", shown,
+                                    idx[k], key, e->str, s->address);
+                } else {
+                    const redisReply *e = x->kind == 2 ? y : y->element[t];
                     if (e->type == REDIS_REPLY_INTEGER && e->integer == 1) {
                         out->in_set++;
                         continue;
                     }
                     out->bad++;
-                    if (record) {
-                        char shown[96];
-                        sg_id_shown(ids[id_k], lens[id_k + 2], shown, sizeof shown);
-                        sg_mismatch(r, "spark %s (#%" PRIu64 ") is not in %s", shown,
-                                    idx[id_k], skey);
-                    }
+                    if (record)
+                        sg_mismatch(r, "spark %s (#%" PRIu64 ") is not in %s",
+                                    sg_id_shown(ids[k], lens[k], shown, sizeof shown), idx[k],
+                                    key);
                 }
-                freeReplyObject(rep);
             }
         }
+        for (size_t c = 0; c < nc; c++)
+            if (rep[c]) {
+                freeReplyObject(rep[c]);
+                rep[c] = NULL;
+            }
     }
 done:
+    if (argv)
+        for (size_t c = 0; c < maxcmds; c++)
+            mpx__argv_free(&argv[c]);
+    if (rep)
+        for (size_t c = 0; c < maxcmds; c++)
+            if (rep[c])
+                freeReplyObject(rep[c]);
     free(ids);
-    free(argv);
     free(lens);
     free(idx);
+    free(shard);
+    free(order);
+    free(start);
+    free(fill);
+    free(cm);
+    free(argv);
+    free(cp);
+    free(rep);
+    free(rcs);
 }
 
 /* 1 if no id of server v is left in the hash (quiet). */
@@ -3060,26 +3739,26 @@ static int sg_check_ids_absent(sg_run_t *r, unsigned v)
 }
 
 /*
- * List what the hash (is_hash) or server v's set holds beyond the ids of
- * this run that belong there, with HSCAN / SSCAN: one mismatch each.
- * Returns how many were found.
+ * List what the spark hash of shard `shard` (is_hash) or server v's set in
+ * that shard (`key`) holds beyond the ids of this run that belong there,
+ * with HSCAN / SSCAN: one mismatch each (an id of this run in another
+ * shard's key is one too). Returns how many were found.
  */
-static uint64_t sg_list_unexpected(sg_run_t *r, const char *key, int is_hash, unsigned v)
+static uint64_t sg_list_unexpected(sg_run_t *r, const char *key, int is_hash, unsigned v,
+                                   uint32_t shard)
 {
     char cursor[32] = "0";
     uint64_t found = 0;
     unsigned long long visited = 0;
     do {
-        if (!sg_check_ready(r, 1))
+        redisReply *rep;
+        if (sg_call(r, 1, &rep, is_hash ? "HSCAN" : "SSCAN", key, cursor, "COUNT", "1000") != 0)
             return found;
-        redisReply *rep = redisCommand(r->rc, "%s %s %s COUNT 1000", is_hash ? "HSCAN" : "SSCAN",
-                                       key, cursor);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
             rep->element[0]->type != REDIS_REPLY_STRING ||
             rep->element[1]->type != REDIS_REPLY_ARRAY) {
             sg_mismatch(r, "%s %s failed", is_hash ? "HSCAN" : "SSCAN", key);
-            if (rep)
-                freeReplyObject(rep);
+            freeReplyObject(rep);
             return found;
         }
         snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
@@ -3091,27 +3770,86 @@ static uint64_t sg_list_unexpected(sg_run_t *r, const char *key, int is_hash, un
                 continue;
             uint64_t i;
             int ok = sg_spark_index(e->str, e->len, &i);
-            int expected = is_hash ? ok && !r->srv[i % r->cfg.servers].killed
-                                   : ok && i % r->cfg.servers == v;
+            int here = mpx__key_shard(&r->keys, e->str, e->len) == shard;
+            int expected = ok && here &&
+                           (is_hash ? !r->srv[i % r->cfg.servers].killed : i % r->cfg.servers == v);
             if (expected)
                 continue;
             found++;
             char shown[96];
             sg_id_shown(e->str, e->len, shown, sizeof shown);
+            const char *why = !ok     ? ""
+                              : !here ? " (an id of another shard)"
+                              : is_hash ? " (a spark of a killed server)"
+                                        : " (a spark of another server)";
             if (is_hash) {
                 const redisReply *val = items->element[k + 1];
                 sg_mismatch(r, "unexpected field in %s: %s -> %s%s", key, shown,
-                            val->type == REDIS_REPLY_STRING ? val->str : "?",
-                            ok ? " (a spark of a killed server)" : "");
+                            val->type == REDIS_REPLY_STRING ? val->str : "?", why);
             } else {
-                sg_mismatch(r, "unexpected member of %s: %s%s", key, shown,
-                            ok ? " (a spark of another server)" : "");
+                sg_mismatch(r, "unexpected member of %s: %s%s", key, shown, why);
             }
         }
         visited += 1000;
         freeReplyObject(rep);
     } while (strcmp(cursor, "0") != 0 && visited < SG_SCAN_MAX_KEYS);
     return found;
+}
+
+/*
+ * Sharded: HMGET of every shard's generations hash for every server's
+ * address, pipelined; each(r, s, v, value or NULL, arg) per shard and
+ * server. 0, or -1 if a command failed (recorded when `record`).
+ */
+static int sg_shard_markers(sg_run_t *r, int record,
+                            void (*each)(sg_run_t *r, uint32_t s, unsigned v, const char *val,
+                                         void *arg),
+                            void *arg)
+{
+    uint32_t S = r->keys.nshards;
+    unsigned V = r->cfg.servers;
+    mpx__argv_t *cmds = calloc(S, sizeof *cmds);
+    mpx__argv_t **cp = malloc(S * sizeof *cp);
+    redisReply **rep = calloc(S, sizeof *rep);
+    int *rcs = calloc(S, sizeof *rcs);
+    if (!cmds || !cp || !rep || !rcs)
+        sg_die_build("commands");
+    for (uint32_t s = 0; s < S; s++) {
+        mpx__argv_init(&cmds[s]);
+        cp[s] = &cmds[s];
+        SG_OK(mpx__argv_push(&cmds[s], "HMGET", 5), "HMGET");
+        SG_OK(mpx__key_shard_gens(&r->keys, s, &cmds[s]), "HMGET");
+        for (unsigned v = 0; v < V; v++)
+            SG_OK(mpx__argv_push(&cmds[s], r->srv[v].address, strlen(r->srv[v].address)),
+                  "HMGET");
+        mpx__argv_finish(&cmds[s]);
+    }
+    int status = sg_pipeline(r, record, S, cp, rep, rcs);
+    for (uint32_t s = 0; s < S && status == 0; s++) {
+        if (rcs[s] || !rep[s] || rep[s]->type != REDIS_REPLY_ARRAY || rep[s]->elements != V) {
+            if (record) {
+                char t[200], msg[512];
+                sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&cmds[s], t, sizeof t),
+                            rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
+            }
+            status = -1;
+            break;
+        }
+        for (unsigned v = 0; v < V; v++) {
+            const redisReply *e = rep[s]->element[v];
+            each(r, s, v, e->type == REDIS_REPLY_STRING ? e->str : NULL, arg);
+        }
+    }
+    for (uint32_t s = 0; s < S; s++) {
+        if (rep[s])
+            freeReplyObject(rep[s]);
+        mpx__argv_free(&cmds[s]);
+    }
+    free(cmds);
+    free(cp);
+    free(rep);
+    free(rcs);
+    return status;
 }
 
 typedef struct sg_sstats {
@@ -3151,17 +3889,89 @@ static void sg_take_sstats(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
     }
 }
 
+/* Server v's set(s), for messages: the key (node layout), or the sets of
+ * its generation over the shards (sharded). */
+static const char *sg_sets_name(const sg_run_t *r, unsigned v, char *buf, size_t cap)
+{
+    if (!sg_sharded(r))
+        return sg_kname(r, buf, SG_K_OWN, 0, r->srv[v].address, NULL);
+    snprintf(buf, cap, "the sets of %s generation %s (%" PRIu32 " shards)", r->srv[v].address,
+             r->srv[v].gen[0] ? r->srv[v].gen : "(none)", r->keys.nshards);
+    return buf;
+}
+
+/* The spark hash(es), for messages. */
+static const char *sg_hashes_name(const sg_run_t *r, char *buf, size_t cap)
+{
+    if (!sg_sharded(r))
+        return sg_kname(r, buf, SG_K_HASH, 0, NULL, NULL);
+    snprintf(buf, cap, "the spark hashes (%" PRIu32 " shards)", r->keys.nshards);
+    return buf;
+}
+
+/* Sharded: every shard must mark each survivor's live generation and no
+ * killed server's. */
+static void sg_marker_check(sg_run_t *r, uint32_t s, unsigned v, const char *val, void *arg)
+{
+    uint64_t *bad = arg;
+    const sg_srv_t *x = &r->srv[v];
+    if (x->killed ? val == NULL : val && strcmp(val, x->gen) == 0)
+        return;
+    (*bad)++;
+    if (*bad > 3) /* one wrong shard is telling enough; count the rest */
+        return;
+    char key[SG_KEY_CAP];
+    sg_kname(r, key, SG_K_SHARD_GENS, s, NULL, NULL);
+    if (x->killed)
+        sg_mismatch(r, "%s still names killed server %s (generation %s)", key, x->address, val);
+    else
+        sg_mismatch(r, "%s: %s -> %s, expected its live generation %s", key, x->address,
+                    val ? val : "(none)", x->gen);
+}
+
+/*
+ * Wait (bounded) until no cleanup is listed in the drains hash: a server
+ * that registered again (after it was reaped, or a failover lost its
+ * control keys) leaves its old generation to drain in the background.
+ */
+static void sg_wait_drains(sg_run_t *r)
+{
+    const sg_config_t *cfg = &r->cfg;
+    double t0 = sg_now();
+    double limit = 2.0 * (cfg->interval_ms - cfg->latency_ms) / 1000.0 + 5.0;
+    if (limit > 60.0)
+        limit = 60.0;
+    long long d = sg_int_quiet(r, "HLEN", r->keys.drains);
+    if (d <= 0)
+        return;
+    sg_info("verify: %lld cleanup%s in progress; waiting at most %.0f s", d, d == 1 ? "" : "s",
+            limit);
+    while (d != 0 && !sg_stopping(r) && sg_now() - t0 < limit) {
+        sg_sleep_ms(100);
+        d = sg_int_quiet(r, "HLEN", r->keys.drains);
+        sg_progress(r, "verify", "waiting for cleanups");
+    }
+    r->m.drains_wait_s = sg_now() - t0;
+}
+
 /* Check the registry in Redis: exactly the expected mapping. */
 static void sg_phase_verify(sg_run_t *r)
 {
     r->m.reached = SG_PHASE_VERIFY;
     const sg_config_t *cfg = &r->cfg;
     unsigned S = cfg->servers;
+    uint32_t NS = r->keys.nshards;
     double t0 = sg_now();
     uint64_t before = r->mismatches;
-    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
-    sg_key_sparks(r, key);
-    sg_key_servers(r, key2);
+    char key[SG_KEY_CAP], desc[SG_KEY_CAP + 64];
+    long long *per = calloc(NS, sizeof *per);
+    if (!per)
+        sg_die_build("verify");
+
+    /* 0. the current generations (sharded: they name the sets); let
+     *    cleanups in progress end */
+    sg_nodes_gens(r, 0, r->nodes_created);
+    sg_wait_drains(r);
 
     /* 1. every id: in the hash with the right address (or gone with its
      *    killed server), in its server's set; then the sizes, listing any
@@ -3170,59 +3980,68 @@ static void sg_phase_verify(sg_run_t *r)
     unsigned alive_servers = 0;
     for (unsigned v = 0; v < S && !sg_stopping(r); v++) {
         const sg_srv_t *s = &r->srv[v];
+        if (sg_sharded(r) && !s->killed && !s->gen[0])
+            sg_mismatch(r, "server %u (%s) has no registration generation", v, s->address);
         sg_idcheck_t c;
         sg_check_ids(r, v, 1, &c);
         in_hash += c.in_hash;
         r->m.ids_checked += s->expected;
-        char skey[SG_KEY_CAP];
-        sg_key_server_set(r, v, skey);
         if (s->killed) {
-            long long e = sg_int(r, "EXISTS %s", skey);
-            if (e > 0)
-                sg_mismatch(r, "%s of killed server %u still exists (SCARD %lld)", skey, v,
-                            sg_int(r, "SCARD %s", skey));
+            long long e = sg_shards_sum(r, 1, "EXISTS", SG_K_OWN, s->address, s->gen, per);
+            for (uint32_t q = 0; e > 0 && q < NS; q++)
+                if (per[q] > 0) {
+                    sg_key_own(r, key, q, v);
+                    sg_mismatch(r, "%s of killed server %u still exists (SCARD %lld)", key, v,
+                                sg_int(r, "SCARD", key));
+                }
             continue;
         }
         alive_servers++;
         live += s->expected;
-        long long card = sg_int(r, "SCARD %s", skey);
+        long long card = sg_shards_sum(r, 1, "SCARD", SG_K_OWN, s->address, s->gen, per);
         if (card != SG_INT_FAIL && (uint64_t)card != s->expected)
-            sg_mismatch(r, "SCARD %s = %lld, expected %" PRIu64, skey, card, s->expected);
+            sg_mismatch(r, "SCARD %s = %lld, expected %" PRIu64,
+                        sg_sets_name(r, v, desc, sizeof desc), card, s->expected);
         if (card != SG_INT_FAIL && !c.failed && (uint64_t)card > c.in_set)
-            sg_list_unexpected(r, skey, 0, v);
+            for (uint32_t q = 0; q < NS; q++)
+                if (per[q] > 0)
+                    sg_list_unexpected(r, sg_key_own(r, key, q, v), 0, v, q);
         char extra[64];
         snprintf(extra, sizeof extra, "server %u/%u", v + 1, S);
         sg_progress(r, "verify", extra);
     }
-    long long hlen = sg_int(r, "HLEN %s", key);
+    long long hlen = sg_shards_sum(r, 1, "HLEN", SG_K_HASH, NULL, NULL, per);
     if (hlen != SG_INT_FAIL && (uint64_t)hlen != live)
-        sg_mismatch(r, "HLEN %s = %lld, expected %" PRIu64, key, hlen, live);
+        sg_mismatch(r, "HLEN %s = %lld, expected %" PRIu64, sg_hashes_name(r, desc, sizeof desc),
+                    hlen, live);
     if (hlen != SG_INT_FAIL && (uint64_t)hlen > in_hash)
-        sg_list_unexpected(r, key, 1, 0);
+        for (uint32_t q = 0; q < NS; q++)
+            if (per[q] > 0)
+                sg_list_unexpected(r, sg_kname(r, key, SG_K_HASH, q, NULL, NULL), 1, 0, q);
 
     /* 2. the servers set: exactly the survivors */
-    if (sg_check_ready(r, 1)) {
-        redisReply *rep = redisCommand(r->rc, "SMEMBERS %s", key2);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-            sg_mismatch(r, "SMEMBERS %s failed", key2);
+    redisReply *rep;
+    const char *skey = r->keys.servers;
+    if (sg_call(r, 1, &rep, "SMEMBERS", skey) == 0) {
+        if (rep->type != REDIS_REPLY_ARRAY) {
+            sg_mismatch(r, "SMEMBERS %s failed", skey);
         } else {
             unsigned listed = 0;
             for (size_t k = 0; k < rep->elements; k++) {
                 const redisReply *e = rep->element[k];
                 int v = e->type == REDIS_REPLY_STRING ? sg_address_server(e->str, S) : -1;
                 if (v < 0 || r->srv[v].killed)
-                    sg_mismatch(r, "%s lists %s%s", key2,
+                    sg_mismatch(r, "%s lists %s%s", skey,
                                 e->type == REDIS_REPLY_STRING ? e->str : "?",
                                 v >= 0 ? " (killed: should have been reaped)" : "");
                 else
                     listed++;
             }
             if (listed != alive_servers)
-                sg_mismatch(r, "%s lists %u of the %u live servers", key2, listed,
+                sg_mismatch(r, "%s lists %u of the %u live servers", skey, listed,
                             alive_servers);
         }
-        if (rep)
-            freeReplyObject(rep);
+        freeReplyObject(rep);
     }
 
     /* 3. alive keys and leases: the survivors', fresh; the killed', gone */
@@ -3230,30 +4049,59 @@ static void sg_phase_verify(sg_run_t *r)
                                                             : SG_LEASE_DEFAULT_MS;
     for (unsigned v = 0; v < S; v++) {
         char akey[SG_KEY_CAP], lkey[SG_KEY_CAP];
-        sg_key_alive(r, v, akey);
-        sg_key_lease(r, v, lkey);
+        sg_kname(r, akey, SG_K_ALIVE, 0, r->srv[v].address, NULL);
+        sg_kname(r, lkey, SG_K_LEASE, 0, r->srv[v].address, NULL);
         if (r->srv[v].killed) {
-            if (sg_int(r, "EXISTS %s", akey) > 0)
+            if (sg_int(r, "EXISTS", akey) > 0)
                 sg_mismatch(r, "alive key %s of killed server %u still exists", akey, v);
-            if (sg_int(r, "EXISTS %s", lkey) > 0)
+            if (sg_int(r, "EXISTS", lkey) > 0)
                 sg_mismatch(r, "lease %s of killed server %u still exists", lkey, v);
             continue;
         }
-        long long pttl = sg_int(r, "PTTL %s", akey);
+        long long pttl = sg_int(r, "PTTL", akey);
         if (pttl != SG_INT_FAIL && (pttl <= 0 || pttl > (long long)cfg->interval_ms))
             sg_mismatch(r, "alive key %s: PTTL %lld, expected 1..%" PRIu32, akey, pttl,
                         cfg->interval_ms);
-        pttl = sg_int(r, "PTTL %s", lkey);
+        pttl = sg_int(r, "PTTL", lkey);
         if (pttl != SG_INT_FAIL && (pttl <= 0 || pttl > (long long)lease))
             sg_mismatch(r, "lease %s: PTTL %lld, expected 1..%" PRIu32, lkey, pttl, lease);
     }
 
     /* 4. no cleanup left pending */
-    char dkey[SG_KEY_CAP];
-    sg_key_drains(r, dkey);
-    long long drains = sg_int(r, "HLEN %s", dkey);
+    long long drains = sg_int(r, "HLEN", r->keys.drains);
     if (drains > 0)
-        sg_mismatch(r, "%s lists %lld unfinished cleanups", dkey, drains);
+        sg_mismatch(r, "%s lists %lld unfinished cleanups", r->keys.drains, drains);
+
+    /* 4b. sharded: the layout marker, every survivor's generation in the
+     *     control hash and in every shard, none of the killed servers' */
+    if (sg_sharded(r)) {
+        if (sg_call(r, 1, &rep, "GET", r->keys.layout_key) == 0) {
+            if (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, r->keys.desc) != 0)
+                sg_mismatch(r, "%s = %s, expected \"%s\"", r->keys.layout_key,
+                            rep->type == REDIS_REPLY_STRING ? rep->str : "(none)", r->keys.desc);
+            freeReplyObject(rep);
+        }
+        for (unsigned v = 0; v < S; v++) {
+            const sg_srv_t *s = &r->srv[v];
+            if (sg_call(r, 1, &rep, "HGET", r->keys.gens, s->address) != 0)
+                continue;
+            const char *got = rep->type == REDIS_REPLY_STRING ? rep->str : NULL;
+            if (s->killed && got)
+                sg_mismatch(r, "%s still names killed server %s (generation %s)", r->keys.gens,
+                            s->address, got);
+            else if (!s->killed && (!got || strcmp(got, s->gen) != 0))
+                sg_mismatch(r, "%s: %s -> %s, but the server's generation is %s", r->keys.gens,
+                            s->address, got ? got : "(none)", s->gen[0] ? s->gen : "(none)");
+            freeReplyObject(rep);
+        }
+        long long ngens = sg_int(r, "HLEN", r->keys.gens);
+        if (ngens != SG_INT_FAIL && ngens != (long long)alive_servers)
+            sg_mismatch(r, "HLEN %s = %lld, expected %u", r->keys.gens, ngens, alive_servers);
+        uint64_t bad = 0;
+        sg_shard_markers(r, 1, sg_marker_check, &bad);
+        if (bad > 3)
+            sg_mismatch(r, "... %" PRIu64 " shard generation markers wrong in all", bad);
+    }
 
     /* 5. the library's counters of each survivor */
     sg_sstats_t ss = {r, 0};
@@ -3309,6 +4157,7 @@ static void sg_phase_verify(sg_run_t *r)
                         want >= 0 ? r->srv[v].address : "(unknown: server killed)");
         }
     }
+    free(per);
 
     r->m.verified = !sg_stopping(r);
     r->m.verify_s = sg_now() - t0;
@@ -3316,9 +4165,99 @@ static void sg_phase_verify(sg_run_t *r)
             r->mismatches - before, r->m.verify_s);
 }
 
-static void sg_leftover_key(sg_run_t *r, const char *key)
+/* The spark hashes' names, sorted (for telling them apart in a SCAN). */
+typedef struct sg_measure {
+    char **hashes;
+    uint32_t nhashes;
+    size_t *pos;  /* pos[i]: r->masters index of master i */
+    size_t n;
+} sg_measure_t;
+
+static int sg_strcmp_p(const void *a, const void *b)
 {
-    sg_mismatch(r, "key left after unregister: %s", key);
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void sg_count_key(sg_run_t *r, size_t i, const char *key, size_t len, void *arg)
+{
+    (void)len;
+    sg_measure_t *c = arg;
+    if (i >= c->n)
+        return;
+    sg_master_t *m = &r->masters[c->pos[i]];
+    m->keys++;
+    const char *k = key;
+    if (!bsearch(&k, c->hashes, c->nhashes, sizeof *c->hashes, sg_strcmp_p))
+        return;
+    redisReply *rep;
+    if (sg_node_calln(r, i, SG_ARGS("HLEN", key), &rep) != 0)
+        return;
+    if (rep->type == REDIS_REPLY_INTEGER)
+        m->sparks += rep->integer;
+    freeReplyObject(rep);
+}
+
+/*
+ * Per-master figures at the end of the load (before verify): used_memory,
+ * total_commands_processed, and with a SCAN of the namespace on each
+ * master its keys and the fields of the spark hashes it holds.
+ */
+static void sg_phase_measure(sg_run_t *r)
+{
+    sg_masters_snapshot(r, SG_SNAP_END);
+    r->m.measured = 1;
+    size_t n = sg_nmasters(r);
+    if (n == 0)
+        return;
+    sg_measure_t c = {0};
+    c.nhashes = r->keys.nshards;
+    c.hashes = calloc(c.nhashes, sizeof *c.hashes);
+    c.pos = calloc(n, sizeof *c.pos);
+    c.n = n;
+    if (!c.hashes || !c.pos)
+        sg_die_build("the measurement");
+    for (uint32_t q = 0; q < c.nhashes; q++) {
+        char key[SG_KEY_CAP];
+        if (!(c.hashes[q] = strdup(sg_kname(r, key, SG_K_HASH, q, NULL, NULL))))
+            sg_die_build("the measurement");
+    }
+    qsort(c.hashes, c.nhashes, sizeof *c.hashes, sg_strcmp_p);
+    for (size_t i = 0; i < n; i++) {
+        char name[96];
+        sg_master_t *m = sg_master_named(r, sg_node_name(r, i, name, sizeof name));
+        m->keys = m->sparks = 0;
+        c.pos[i] = (size_t)(m - r->masters);
+    }
+    if (sg_scan_ns(r, sg_count_key, &c) < 0) {
+        sg_warn("per-master key counts: a SCAN failed; figures left out");
+        for (size_t i = 0; i < n; i++)
+            r->masters[c.pos[i]].keys = r->masters[c.pos[i]].sparks = -1;
+    }
+    for (uint32_t q = 0; q < c.nhashes; q++)
+        free(c.hashes[q]);
+    free(c.hashes);
+    free(c.pos);
+}
+
+typedef struct sg_leftover {
+    int layout_key; /* the sharded layout's marker was found */
+    int quiet;      /* only look for the marker (--no-verify) */
+} sg_leftover_t;
+
+static void sg_leftover_key(sg_run_t *r, size_t master, const char *key, size_t len, void *arg)
+{
+    (void)master;
+    sg_leftover_t *lo = arg;
+    /* The sharded layout's marker stays by design (the library never
+     * deletes it); this run created it in an empty namespace and deletes
+     * it below. */
+    if (sg_sharded(r) && len == r->keys.layout_key_len &&
+        memcmp(key, r->keys.layout_key, len) == 0) {
+        lo->layout_key = 1;
+        return;
+    }
+    if (!lo->quiet)
+        sg_mismatch(r, "key left after unregister: %s", key);
 }
 
 static void sg_take_unregister(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
@@ -3348,22 +4287,34 @@ static void sg_phase_unregister(sg_run_t *r)
     r->m.unregister_s = sg_now() - t0;
     sg_info("unregister: %u servers in %.3f s", r->cfg.servers - r->m.killed,
             r->m.unregister_s);
-    if (!r->cfg.verify)
+    sg_leftover_t lo = {0};
+    if (!r->cfg.verify) {
+        if (sg_sharded(r)) { /* only to find the layout marker */
+            lo.quiet = 1;
+            long long left = sg_scan_ns(r, sg_leftover_key, &lo);
+            if (left == 1 && lo.layout_key)
+                sg_int_quiet(r, "DEL", r->keys.layout_key);
+        }
         return;
+    }
 
     uint64_t before = r->mismatches;
-    char key[SG_KEY_CAP], key2[SG_KEY_CAP];
-    sg_key_sparks(r, key);
-    long long hlen = sg_int(r, "HLEN %s", key);
+    char desc[SG_KEY_CAP + 64];
+    long long hlen = sg_shards_sum(r, 1, "HLEN", SG_K_HASH, NULL, NULL, NULL);
     if (hlen > 0)
-        sg_mismatch(r, "after unregister: HLEN %s = %lld, expected 0", key, hlen);
-    sg_key_servers(r, key2);
+        sg_mismatch(r, "after unregister: HLEN %s = %lld, expected 0",
+                    sg_hashes_name(r, desc, sizeof desc), hlen);
     for (unsigned v = 0; v < r->cfg.servers; v++)
-        if (sg_int(r, "SISMEMBER %s %s", key2, r->srv[v].address) > 0)
-            sg_mismatch(r, "after unregister: %s still in %s", r->srv[v].address, key2);
+        if (sg_int(r, "SISMEMBER", r->keys.servers, r->srv[v].address) > 0)
+            sg_mismatch(r, "after unregister: %s still in %s", r->srv[v].address,
+                        r->keys.servers);
     /* Nothing of ours may remain under the namespace (it was empty). */
-    if (sg_scan_ns(r, sg_leftover_key) < 0)
+    long long left = sg_scan_ns(r, sg_leftover_key, &lo);
+    if (left < 0)
         sg_mismatch(r, "after unregister: SCAN of the namespace failed");
+    else if (lo.layout_key && sg_int(r, "DEL", r->keys.layout_key) == 1)
+        sg_info("unregister: deleted %s (the sharded layout's marker, which stays)",
+                r->keys.layout_key);
     sg_info("unregister: %" PRIu64 " mismatches after", r->mismatches - before);
 }
 
@@ -3388,12 +4339,13 @@ static void sg_nodes_shutdown(sg_run_t *r)
     for (unsigned i = 0; i < r->nodes_created; i++) {
         sg_node_t *n = &r->nodes[i];
         if (!n->remote) {
-            uint64_t api = 0, bg = 0;
+            uint64_t api = 0, bg = 0, notices = 0;
             if (n->local) {
-                sg_local_destroy(n->local, &api, &bg);
+                sg_local_destroy(n->local, &api, &bg, &notices);
                 n->local = NULL;
                 n->info.api_errors = api;
                 n->info.bg_errors = bg;
+                n->info.bg_notices = notices;
             }
             sg_buf_free(&n->reply);
             n->dead = 1;
@@ -3401,10 +4353,11 @@ static void sg_nodes_shutdown(sg_run_t *r)
         }
         if (!n->dead) {
             const char *a = sg_node_call(r, n, "exit", 60000);
-            unsigned long long api, bg;
-            if (a && sscanf(a, "X %llu %llu", &api, &bg) == 2) {
+            unsigned long long api, bg, notices;
+            if (a && sscanf(a, "X %llu %llu %llu", &api, &bg, &notices) == 3) {
                 n->info.api_errors = api;
                 n->info.bg_errors = bg;
+                n->info.bg_notices = notices;
             }
             n->dead = 1;
         }
@@ -3457,7 +4410,7 @@ typedef struct sg_summary {
     double rss_bytes, rss_per_spark;         /* -1: unknown */
     double maxrss_bytes;
     double churn_per_s;
-    uint64_t api_errors, bg_errors;
+    uint64_t api_errors, bg_errors, bg_notices;
     const char *result;
 } sg_summary_t;
 
@@ -3467,9 +4420,18 @@ static void sg_summarise(sg_run_t *r, int status, sg_summary_t *s)
     double n = (double)r->cfg.sparks;
     s->connected_per_s = m->connected && m->connect_s > 0 ? n / m->connect_s : -1;
     s->committed_per_s = m->connected && m->commit_s > 0 ? n / m->commit_s : -1;
-    s->redis_bytes = m->connected && m->redis_mem_before >= 0 && m->redis_mem_after >= 0
-                         ? (double)(m->redis_mem_after - m->redis_mem_before)
-                         : -1;
+    /* The sum of every master's used_memory growth (one Redis: its own);
+     * unknown if a master was read only once (a failover meanwhile). */
+    int known = m->connected && m->redis_mem_before >= 0 && m->redis_mem_after >= 0;
+    double bytes = 0;
+    for (size_t i = 0; i < r->nmasters && known; i++) {
+        const sg_master_t *x = &r->masters[i];
+        if (x->mem_before >= 0 && x->mem_after >= 0)
+            bytes += (double)(x->mem_after - x->mem_before);
+        else if (x->mem_before >= 0 || x->mem_after >= 0)
+            known = 0;
+    }
+    s->redis_bytes = known ? bytes : -1;
     s->redis_per_spark = s->redis_bytes >= 0 && n > 0 ? s->redis_bytes / n : -1;
     s->rss_bytes = m->rss_delta_kb >= 0 ? (double)m->rss_delta_kb * 1024.0 : -1;
     s->rss_per_spark = s->rss_bytes >= 0 && n > 0 ? s->rss_bytes / n : -1;
@@ -3483,8 +4445,43 @@ static void sg_summarise(sg_run_t *r, int status, sg_summary_t *s)
     sg_nodes_sum(r, &sum);
     s->api_errors = atomic_load(&r->api_errors) + sum.api_errors;
     s->bg_errors = sum.bg_errors;
+    s->bg_notices = sum.bg_notices;
     int sig = atomic_load(&r->stop_sig);
     s->result = sig > 0 ? "interrupted" : status == SG_EXIT_OK ? "ok" : "failed";
+}
+
+/* Per-master figures for the reports: totals over the masters of the end
+ * of the load whose figure is known (shares are of these; a replica
+ * promoted meanwhile has no command count from the start), and one
+ * master's command count. */
+typedef struct sg_mtot {
+    long long keys, sparks, ops;
+    size_t current; /* masters in the last slot map read */
+} sg_mtot_t;
+
+static long long sg_master_ops(const sg_master_t *x)
+{
+    return x->ops_start >= 0 && x->ops_end >= x->ops_start ? x->ops_end - x->ops_start : -1;
+}
+
+static void sg_master_totals(const sg_run_t *r, sg_mtot_t *t)
+{
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < r->nmasters; i++) {
+        const sg_master_t *x = &r->masters[i];
+        if (!x->is_master)
+            continue;
+        t->current++;
+        long long ops = sg_master_ops(x);
+        t->keys += x->keys > 0 ? x->keys : 0;
+        t->sparks += x->sparks > 0 ? x->sparks : 0;
+        t->ops += ops > 0 ? ops : 0;
+    }
+}
+
+static double sg_share(long long part, long long total)
+{
+    return part >= 0 && total > 0 ? 100.0 * (double)part / (double)total : -1;
 }
 
 static void sg_report_print(FILE *f, sg_run_t *r, const sg_summary_t *su)
@@ -3497,6 +4494,10 @@ static void sg_report_print(FILE *f, sg_run_t *r, const sg_summary_t *su)
     fprintf(f, "  redis:                %s%s\n", r->url_shown,
             r->own_redis ? " (throwaway)" : "");
     fprintf(f, "  namespace:            %s\n", cfg->ns);
+    if (sg_sharded(r))
+        fprintf(f, "  layout:               sharded, %" PRIu32 " shards\n", r->keys.nshards);
+    else
+        fprintf(f, "  layout:               node (the Node original's keys)\n");
     char id0[SG_ID_CAP], shown[96];
     size_t len0 = sg_spark_id(0, id0);
     fprintf(f, "  sparks:               %" PRIu64 " (ids: %s, seed %" PRIu64 ", first %s)\n",
@@ -3534,6 +4535,40 @@ static void sg_report_print(FILE *f, sg_run_t *r, const sg_summary_t *su)
                     sg_human_bytes(su->maxrss_bytes, b2, sizeof b2));
         fprintf(f, "  library cache:        %" PRIu64 " entries, %s\n", st->cache_entries,
                 sg_human_bytes((double)st->cache_bytes, b1, sizeof b1));
+        sg_mtot_t t;
+        sg_master_totals(r, &t);
+        fprintf(f, "  redis masters:        %zu%s\n", m->measured ? t.current : r->nmasters,
+                m->measured ? " (keys, sparks, used_memory and commands at the end of the load; "
+                              "+ the growth during connect)"
+                            : "");
+        for (size_t i = 0; i < r->nmasters; i++) {
+            const sg_master_t *x = &r->masters[i];
+            char k[48], sp[48], mem[32], grow[32], ops[48];
+            long long dops = sg_master_ops(x);
+            if (x->keys >= 0 && x->is_master)
+                snprintf(k, sizeof k, "%lld (%.1f%%)", x->keys, sg_share(x->keys, t.keys));
+            else
+                snprintf(k, sizeof k, "?");
+            if (x->sparks >= 0 && x->is_master)
+                snprintf(sp, sizeof sp, "%s (%.1f%%)", sg_human_count((double)x->sparks, b1, sizeof b1),
+                         sg_share(x->sparks, t.sparks));
+            else
+                snprintf(sp, sizeof sp, "?");
+            if (dops >= 0 && x->is_master)
+                snprintf(ops, sizeof ops, "%s (%.1f%%)", sg_human_count((double)dops, b1, sizeof b1),
+                         sg_share(dops, t.ops));
+            else
+                snprintf(ops, sizeof ops, "?");
+            long long mem_now = x->mem_end >= 0 ? x->mem_end : x->mem_after;
+            snprintf(mem, sizeof mem, "%s", mem_now >= 0 ? sg_human_bytes((double)mem_now, b1, sizeof b1) : "?");
+            if (x->mem_before >= 0 && x->mem_after >= 0)
+                snprintf(grow, sizeof grow, "+%s", sg_human_bytes((double)(x->mem_after - x->mem_before), b2, sizeof b2));
+            else
+                snprintf(grow, sizeof grow, "+?");
+            fprintf(f, "    %-20s keys %s, sparks %s, used_memory %s (%s), commands %s%s\n",
+                    x->name, k, sp, mem, grow, ops,
+                    m->measured && !x->is_master ? " (no longer a master)" : "");
+        }
     }
     if (m->reached >= SG_PHASE_STAY && cfg->churn_pct > 0)
         fprintf(f, "  churn:                %.3g%%/s: %" PRIu64
@@ -3571,6 +4606,10 @@ static void sg_report_print(FILE *f, sg_run_t *r, const sg_summary_t *su)
     fprintf(f, "  library errors:       %" PRIu64 " (%" PRIu64 " returned, %" PRIu64
                " background)\n",
             su->api_errors + su->bg_errors, su->api_errors, su->bg_errors);
+    if (su->bg_notices || cfg->faults)
+        fprintf(f, "  background reports:   %" PRIu64 " of them recovery notices (MPX_ESTATE)%s\n",
+                su->bg_notices,
+                cfg->faults ? "; --faults: background reports do not fail the run" : "");
     fprintf(f, "  mismatches:           %" PRIu64 "\n", r->mismatches);
     for (int i = 0; i < r->shown; i++)
         fprintf(f, "    - %s\n", r->shown_text[i]);
@@ -3616,6 +4655,8 @@ static void sg_report_json(FILE *f, sg_run_t *r, int status, const sg_summary_t 
     sg_json_u64(&b, "kill_servers", cfg->kill);
     sg_json_u64(&b, "interval_ms", cfg->interval_ms);
     sg_json_u64(&b, "latency_ms", cfg->latency_ms);
+    sg_buf_printf(&b, ",\"layout\":\"%s\"", sg_layout_name(cfg->layout));
+    sg_json_u64(&b, "shards", r->keys.nshards ? r->keys.nshards : 1);
     sg_json_num(&b, "register_s", m->reached >= SG_PHASE_CONNECT ? m->register_s : -1, "%.6f");
     sg_json_num(&b, "connect_s", su->connected_per_s >= 0 ? m->connect_s : -1, "%.6f");
     sg_json_num(&b, "commit_s", su->committed_per_s >= 0 ? m->commit_s : -1, "%.6f");
@@ -3638,6 +4679,32 @@ static void sg_report_json(FILE *f, sg_run_t *r, int status, const sg_summary_t 
     sg_json_u64(&b, "batches", st->batches);
     sg_json_u64(&b, "retries", st->retries);
     sg_json_u64(&b, "coalesced", st->coalesced);
+    sg_mtot_t t;
+    sg_master_totals(r, &t);
+    sg_json_u64(&b, "masters", m->measured ? t.current : r->nmasters);
+    sg_buf_printf(&b, ",\"per_master\":[");
+    for (size_t i = 0; i < r->nmasters; i++) {
+        const sg_master_t *x = &r->masters[i];
+        long long dops = sg_master_ops(x);
+        sg_buf_printf(&b, "%s{\"node\":", i ? "," : "");
+        sg_buf_json_str(&b, x->name);
+        sg_buf_printf(&b, ",\"master\":%s", !m->measured || x->is_master ? "true" : "false");
+        sg_json_num(&b, "keys", (double)x->keys, "%.0f");
+        sg_json_num(&b, "keys_share", x->is_master ? sg_share(x->keys, t.keys) / 100.0 : -1, "%.4f");
+        sg_json_num(&b, "sparks", (double)x->sparks, "%.0f");
+        sg_json_num(&b, "sparks_share",
+                    x->is_master ? sg_share(x->sparks, t.sparks) / 100.0 : -1, "%.4f");
+        sg_json_num(&b, "used_memory",
+                    (double)(x->mem_end >= 0 ? x->mem_end : x->mem_after), "%.0f");
+        sg_json_num(&b, "redis_bytes",
+                    x->mem_before >= 0 && x->mem_after >= 0 ? (double)(x->mem_after - x->mem_before)
+                                                            : -1,
+                    "%.0f");
+        sg_json_num(&b, "ops", (double)dops, "%.0f");
+        sg_json_num(&b, "ops_share", x->is_master ? sg_share(dops, t.ops) / 100.0 : -1, "%.4f");
+        sg_buf_printf(&b, "}");
+    }
+    sg_buf_printf(&b, "]");
     sg_json_u64(&b, "churn_ops", m->churn_ops);
     sg_json_num(&b, "churn_per_s", su->churn_per_s, "%.1f");
     sg_buf_printf(&b, ",\"killed\":[");
@@ -3655,6 +4722,7 @@ static void sg_report_json(FILE *f, sg_run_t *r, int status, const sg_summary_t 
     sg_json_num(&b, "verify_s", cfg->verify && m->reached >= SG_PHASE_VERIFY ? m->verify_s : -1,
                 "%.6f");
     sg_json_u64(&b, "ids_checked", m->ids_checked);
+    sg_json_num(&b, "drains_wait_s", m->drains_wait_s, "%.3f");
     sg_json_u64(&b, "mismatches", r->mismatches);
     sg_buf_printf(&b, ",\"mismatch_list\":[");
     for (int i = 0; i < r->shown; i++) {
@@ -3665,6 +4733,8 @@ static void sg_report_json(FILE *f, sg_run_t *r, int status, const sg_summary_t 
     sg_buf_printf(&b, "]");
     sg_json_u64(&b, "api_errors", su->api_errors);
     sg_json_u64(&b, "background_errors", su->bg_errors);
+    sg_json_u64(&b, "background_notices", su->bg_notices);
+    sg_buf_printf(&b, ",\"faults\":%s", cfg->faults ? "true" : "false");
     sg_buf_printf(&b, "}\n");
     fputs(b.p, f);
     sg_buf_free(&b);
@@ -3694,6 +4764,8 @@ static int sg_run(sg_run_t *r)
         status = sg_phase_stay(r);
     if (!status && !sg_stopping(r))
         status = sg_phase_flush(r);
+    if (!status && !sg_stopping(r))
+        sg_phase_measure(r);
     if (!status && !sg_stopping(r) && r->cfg.verify)
         sg_phase_verify(r);
     if (!status && !sg_stopping(r))
@@ -3732,11 +4804,20 @@ static void sg_cleanup(sg_run_t *r)
     r->nodes_created = 0;
     free(r->srv);
     r->srv = NULL;
-    if (r->rc) {
-        redisFree(r->rc);
-        r->rc = NULL;
+    if (r->conn_ready) {
+        mpx__conn_free(&r->conn);
+        r->conn_ready = 0;
     }
+    mpx__argv_free(&r->a);
+    if (r->keys_ready) {
+        mpx__keys_free(&r->keys);
+        r->keys_ready = 0;
+    }
+    free(r->masters);
+    r->masters = NULL;
+    r->nmasters = 0;
     mpx__endpoint_free(&r->ep);
+    sg_cluster_stop(r);
     if (r->own_redis) {
         /* redis_pid stays set while stopping: a second signal meanwhile
          * SIGKILLs it rather than leaving it behind. */
@@ -3762,6 +4843,7 @@ int main(int argc, char **argv)
     atomic_init(&run.stop_sig, 0);
     atomic_init(&run.sig_done, 0);
     atomic_init(&run.redis_pid, 0);
+    atomic_init(&run.own_cluster, 0);
     run.m.redis_mem_before = run.m.redis_mem_after = -1;
     run.m.rss_delta_kb = -1;
     run.m.reap_ms = -1;
