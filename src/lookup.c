@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "cluster.h"
 
 typedef struct req {
     struct req *next;
@@ -156,7 +157,7 @@ static void *lookup_main(void *arg)
         serve(m, lk, batch);
         pthread_mutex_lock(&lk->mu);
     }
-    mpx__conn_close(&lk->conn);
+    mpx__conn_free(&lk->conn);
     return NULL;
 }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "cluster.h"
 
 _Thread_local int mpx__in_callback;
 
@@ -86,8 +87,8 @@ static char *dup_str(const char *s)
 static void free_handle(mpx_t *m)
 {
     mpx__cache_destroy(m->cache);
-    mpx__conn_close(&m->life_conn);
-    mpx__conn_close(&m->sync_conn);
+    mpx__conn_free(&m->life_conn);
+    mpx__conn_free(&m->sync_conn);
     mpx__keys_free(&m->keys);
     mpx__endpoint_free(&m->ep);
     free(m->redis_url);

@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "cluster.h"
 
 #define MPX__CMD_IDS 1000 /* ids per HSET / SADD / script call */
 
@@ -668,7 +669,7 @@ static void *writer_main(void *arg)
     free(tx[0].ops);
     free(tx[1].ops);
     mpx__argv_free(&a);
-    mpx__conn_close(&w->conn);
+    mpx__conn_free(&w->conn);
     return NULL;
 }
 
