@@ -1,11 +1,12 @@
 /*
  * test_cluster.c - Redis Cluster routing (src/cluster.c) through the
  * internal connection API: routing, pipelines, MOVED, ASK, a failover, a
- * live reshard, seeds that are down, a cluster URL naming a single Redis.
+ * live reshard, a crashed master, seeds that are down, a cluster URL naming
+ * a single Redis.
  *
  * The cluster: the test command (tools/test.sh) starts one with
  * tools/cluster.sh and exports MPX_TEST_CLUSTER_URL and, for the tests that
- * change it (failover, reshard), MPX_TEST_CLUSTER_DIR. Without the URL the
+ * change it (failover, reshard, crash), MPX_TEST_CLUSTER_DIR. Without the URL the
  * tests are skipped (failed when MPX_TEST_REQUIRE_CLUSTER=1, as test.sh
  * sets). By hand:
  *   bash tools/cluster.sh start /tmp/c        (prints the URL)
@@ -1066,6 +1067,69 @@ Test(cluster, a_live_reshard_loses_nothing_and_is_no_failover)
     cr_assert_eq(c.run_id_changed, false, "a reshard (%s) is not a failover (%d rounds)", job.out,
                  rounds);
     del_all(&c, &b, ns);
+    batch_free(&b);
+    conn_done(&c, &EP);
+}
+
+Test(cluster, a_crashed_master_is_replaced_and_noticed)
+{
+    const char *dir = cluster_dir();
+    mpx__conn_t c;
+    cluster_conn(&c);
+    const char *ns = t_ns();
+    char before[128], during[128];
+    snprintf(before, sizeof before, "%s:before", ns);
+    snprintf(during, sizeof during, "%s:during", ns);
+    batch_t b;
+    batch_init(&b, 500);
+    set_all(&c, &b, before, 1);
+    wait_replicas(&c);
+
+    char out[256], args[600];
+    snprintf(args, sizeof args, "kill '%s'", dir);
+    cr_assert_eq(cluster_sh(out, sizeof out, args), 0, "cluster.sh kill failed");
+    int victim = atoi(out);
+    cr_assert_gt(victim, 0, "cluster.sh kill said '%s'", out);
+
+    /* Write on: pipelines fail (bounded by the command timeout) until the
+     * replica takes over, then succeed. At most a minute. */
+    int failed = 0, ok = 0;
+    uint64_t end = t_now_ms() + 60000;
+    while (!ok && t_now_ms() < end) {
+        for (size_t i = 0; i < b.n; i++) {
+            mpx__argv_reset(&b.a[i]);
+            mpx__argv_push(&b.a[i], "SET", 3);
+            mpx__argv_pushf(&b.a[i], "%s:%zu", during, i);
+            mpx__argv_push(&b.a[i], "x", 1);
+        }
+        int rc = mpx__conn_pipeline(&c, b.n, b.p, b.rep, b.rcs);
+        for (size_t i = 0; i < b.n; i++)
+            cr_assert((b.rcs[i] == 0) == (b.rep[i] != NULL), "reply xor error, command %zu", i);
+        batch_clear_replies(&b);
+        if (rc == 0)
+            ok = 1;
+        else
+            cr_assert(++failed < 1000, "%s", mpx_last_error());
+    }
+    cr_assert(ok, "no pipeline succeeded within a minute of the crash (%d failed): %s", failed,
+              mpx_last_error());
+    /* Acknowledged and replicated before the crash: all there. */
+    check_all(&c, &b, before, 1);
+    cr_assert_eq(mpx__conn_refresh(&c, 0), 0, "%s", mpx_last_error());
+    cr_assert_eq(c.run_id_changed, true, "the crash of 127.0.0.1:%d and the promotion of its "
+                                         "replica are noticed (%d pipelines failed meanwhile)",
+                 victim, failed);
+    char name[64];
+    snprintf(name, sizeof name, "127.0.0.1:%d", victim);
+    for (size_t m = 0; m < mpx__conn_nodes(&c); m++)
+        cr_assert(strcmp(mpx__conn_node_name(&c, m), name) != 0, "the dead node is no master");
+
+    /* Back as a replica: the cluster and this connection go on. */
+    snprintf(args, sizeof args, "revive '%s' %d", dir, victim);
+    cr_assert_eq(cluster_sh(out, sizeof out, args), 0, "cluster.sh revive failed");
+    check_all(&c, &b, before, 1);
+    del_all(&c, &b, before);
+    del_all(&c, &b, during);
     batch_free(&b);
     conn_done(&c, &EP);
 }

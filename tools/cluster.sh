@@ -19,6 +19,12 @@
 #       move N slots from one master to another (default: the master of
 #       slot 0 to the next master) with redis-cli --cluster reshard, then
 #       wait until the cluster is ok
+#   bash tools/cluster.sh kill DIR
+#       SIGKILL one master that has a replica (a crash: its replica takes
+#       over after cluster-node-timeout); prints its port, returns at once
+#   bash tools/cluster.sh revive DIR PORT
+#       start the server of PORT again (same files: it rejoins, as a replica
+#       if it was failed over) and wait until the cluster is ok
 #   bash tools/cluster.sh url DIR      print the seed URL again
 #
 # Every wait is bounded; a step that does not converge fails with a message
@@ -36,7 +42,7 @@ PORT_MAX=50000 # bus ports (port + 10000) stay below 60000
 die() { printf 'cluster.sh: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'cluster.sh: %s\n' "$*" >&2; }
 
-usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 cli() { # cli PORT ARGS...: one redis-cli call, bounded
     local port="$1"
@@ -65,19 +71,24 @@ state_ok() { # state_ok PORT: cluster_state:ok with every slot assigned and serv
     grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_slots_ok:16384' <<<"$info"
 }
 
-# wait_ok DIR SECONDS [SKIP_PORT]: every node (but SKIP_PORT) says ok and
-# knows every node; agreeing on the slot map (one CLUSTER SLOTS reply for all)
+# wait_ok DIR SECONDS: every node says ok, knows every node and sees the
+# same masters with the same slots; every replica's link to its master is up
 wait_ok() {
-    local dir="$1" secs="$2" skip="${3:-}" deadline p n ref cur all
+    local dir="$1" secs="$2" deadline p n ref cur all repl
     deadline=$((SECONDS + secs))
     n=$(ports_of "$dir" | wc -l)
     while [ "$SECONDS" -lt "$deadline" ]; do
         all=1
         ref=""
         for p in $(ports_of "$dir"); do
-            [ "$p" != "$skip" ] || continue
             if ! state_ok "$p" ||
                 [ "$(cli "$p" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')" != "$n" ]; then
+                all=0
+                break
+            fi
+            # a replica is in sync (a revived node resyncs first)
+            repl=$(cli "$p" info replication | tr -d '\r') || { all=0; break; }
+            if grep -q '^role:slave' <<<"$repl" && ! grep -q '^master_link_status:up' <<<"$repl"; then
                 all=0
                 break
             fi
@@ -127,7 +138,7 @@ start_node() {
     mkdir -p "$dir/$port"
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode no \
         --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" \
-        --cluster-node-timeout 2000 --appendonly no --save '' \
+        --cluster-node-timeout 2000 --appendonly no --save '' --repl-diskless-sync-delay 0 \
         --dir "$dir/$port" --daemonize no --logfile "$dir/$port/redis.log" \
         </dev/null >"$dir/$port/redis.out" 2>&1 &
     pid=$!
@@ -298,6 +309,42 @@ cmd_reshard() {
     echo "$from $to"
 }
 
+# --- kill, revive ----------------------------------------------------------------
+
+cmd_kill() {
+    local dir="${1:-}" p pid victim=""
+    [ -n "$dir" ] || die "kill: DIR missing"
+    wait_ok "$dir" 20 || die "kill: the cluster is not ok before the kill"
+    for p in $(ports_of "$dir"); do
+        # a master with a connected replica
+        if [ "$(cli "$p" role | head -n 1)" = "master" ] &&
+            [ "$(cli "$p" info replication | tr -d '\r' | sed -n 's/^connected_slaves://p')" -gt 0 ]; then
+            victim="$p"
+            break
+        fi
+    done
+    [ -n "$victim" ] || die "kill: no master with a replica"
+    pid=$(awk -v p="$victim" '$2 == p {print $1}' "$dir/pids" | tail -n 1)
+    alive "$pid" || die "kill: pid $pid of port $victim is not running"
+    kill -KILL "$pid"
+    for _ in $(seq 1 50); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    echo "$victim"
+}
+
+cmd_revive() {
+    local dir="${1:-}" port="${2:-}" pid
+    [ -n "$dir" ] && [[ "$port" =~ ^[0-9]+$ ]] || die "revive: usage: revive DIR PORT"
+    pid=$(awk -v p="$port" '$2 == p {print $1}' "$dir/pids" | tail -n 1)
+    [ -n "$pid" ] || die "revive: port $port is not one of $dir/pids"
+    alive "$pid" && die "revive: port $port still runs (pid $pid)"
+    awk -v p="$port" '$2 != p' "$dir/pids" >"$dir/pids.new" && mv "$dir/pids.new" "$dir/pids"
+    start_node "$dir" "$port" || die "revive: port $port did not start"
+    wait_ok "$dir" 30 || die "revive: the cluster did not settle within 30 s"
+}
+
 # --- main ----------------------------------------------------------------------
 
 [ "$#" -ge 1 ] || { usage >&2; exit 2; }
@@ -308,6 +355,8 @@ case "$sub" in
     stop) cmd_stop "$@" ;;
     failover) cmd_failover "$@" ;;
     reshard) cmd_reshard "$@" ;;
+    kill) cmd_kill "$@" ;;
+    revive) cmd_revive "$@" ;;
     url) cat "${1:?url: DIR missing}/url" ;;
     -h | --help) usage ;;
     *) usage >&2; exit 2 ;;
