@@ -286,6 +286,84 @@ smoke() {
 
 SPARKGEN_ARGS=(--sparks 20000 --servers 2 --duration 1 --quiet)
 
+# --- the cluster under load: reshard + forced failover ------------------------
+
+# sparkgen against the shared cluster (sharded layout): 200,000 sparks over 4
+# servers, 2 %/s churn for 25 s; meanwhile N slots are resharded and a
+# replica is promoted with CLUSTER FAILOVER FORCE (tools/cluster.sh). Then
+# sparkgen checks Redis exactly: the step passes only if it exits 0 with zero
+# mismatches and both faults ended while the load still ran. --faults: the
+# library's recovery reports (on_error) are expected here. ~30 s, bounded.
+CLUSTER_LOAD_ARGS=(--sparks 200000 --servers 4 --duration 25 --churn 2 --interval 3000
+    --latency 1000 --faults --json)
+CLUSTER_LOAD_SLOTS=1000
+CLUSTER_LOAD_TIMEOUT=100 # sparkgen's limit; each fault step has 60 s
+
+cluster_load() {
+    local bin="$1" dir="${MPX_TEST_CLUSTER_DIR:-}" url="${MPX_TEST_CLUSTER_URL:-}"
+    phase "cluster load: reshard + failover"
+    if [ ! -x "$bin" ]; then
+        note "${bin#"$ROOT"/} not built: skipped"
+        phase_done skipped
+        return
+    fi
+    if [ -z "$dir" ] || [ -z "$url" ]; then
+        phase_done FAILED
+        fail_step "cluster load: no cluster (MPX_TEST_CLUSTER_DIR/URL unset)"
+        return
+    fi
+    local log="$ROOT/build/cluster-load.log" pid rc=0 ok=1 out t0 i mism result
+    rm -f "$log" "$log.json"
+    timeout --kill-after=10 "$CLUSTER_LOAD_TIMEOUT" "$bin" --redis "$url" \
+        --namespace "mpxload-$$" "${CLUSTER_LOAD_ARGS[@]}" >"$log.json" 2>"$log" &
+    pid=$!
+    # The faults start once the load runs: churn started (at most 40 s).
+    for i in $(seq 1 400); do
+        grep -q '^sparkgen: churn: .* per second' "$log" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -q '^sparkgen: churn: .* per second' "$log" 2>/dev/null; then
+        sleep 2
+        t0=$SECONDS
+        if out=$(timeout 60 bash "$ROOT/tools/cluster.sh" reshard "$dir" "$CLUSTER_LOAD_SLOTS" 2>&1); then
+            note "reshard: $CLUSTER_LOAD_SLOTS slots moved (from/to ports: $out) in $((SECONDS - t0)) s"
+        else
+            note "reshard failed: $out"
+            ok=0
+        fi
+        t0=$SECONDS
+        if out=$(timeout 60 bash "$ROOT/tools/cluster.sh" failover "$dir" 2>&1); then
+            note "failover: replica promoted (new/old master ports: $out) in $((SECONDS - t0)) s"
+        else
+            note "failover failed: $out"
+            ok=0
+        fi
+        # Both faults must have ended while the churn still ran.
+        if grep -q '^sparkgen: churn: .* pairs in' "$log" || ! kill -0 "$pid" 2>/dev/null; then
+            note "the load ended before the faults did"
+            ok=0
+        fi
+    else
+        note "sparkgen's load did not start"
+        ok=0
+    fi
+    wait "$pid" || rc=$?
+    grep -E '^sparkgen: (error|warning)|^  (redis masters|    127|library counters|library errors|background reports|mismatches|result)' \
+        "$log" | head -n 40 || true
+    mism=$(tail -n 1 "$log.json" 2>/dev/null | sed -n 's/.*"mismatches":\([0-9]*\).*/\1/p')
+    result=$(tail -n 1 "$log.json" 2>/dev/null | sed -n 's/.*"result":"\([a-z]*\)".*/\1/p')
+    note "sparkgen exit $rc, result ${result:-?}, mismatches ${mism:-?} (log: ${log#"$ROOT"/})"
+    if [ "$rc" -eq 0 ] && [ "${mism:-x}" = "0" ] && [ "$result" = "ok" ] && [ "$ok" -eq 1 ]; then
+        phase_done ok
+    else
+        [ "$rc" -ne 124 ] || note "sparkgen timed out after ${CLUSTER_LOAD_TIMEOUT}s"
+        tail -n 30 "$log" || true
+        phase_done FAILED
+        fail_step "cluster load: reshard + failover (sparkgen exit $rc, mismatches ${mism:-?})"
+    fi
+}
+
 FUZZ_TARGETS=(fuzz_redis_url fuzz_address fuzz_options fuzz_resp)
 FUZZ_SECONDS=6         # per target: a short run; see README for long runs
 
@@ -356,6 +434,8 @@ main() {
     # Faults under load (Redis killed/paused, connections dropped, servers
     # crashed/frozen), then an exact check of Redis; ~25 s, own redis-server.
     smoke normal "chaos" "$ROOT/build/bin/metroplex-chaos" --sparks 20000 --duration 20 --seed 1 --quiet
+    # A reshard and a forced failover of the cluster under generator load.
+    cluster_load "$ROOT/build/bin/metroplex-sparkgen"
 
     if [ "$FAST" -eq 0 ]; then
         variant asan "$ROOT/build-asan" 10 \
