@@ -43,10 +43,18 @@
  * the end quotes the median of the repetitions ("max_worst" is the worst
  * repetition's max).
  *
- * Redis: $MPX_BENCH_REDIS_URL if set, else a private redis-server started
+ * Redis: $MPX_BENCH_REDIS_URL if set (redis://, unix:// or a Redis Cluster
+ * seed list redis-cluster://h:p,h:p), else a private redis-server started
  * with tools/redis_proc.c on a free loopback port and stopped at exit.
  * Every registry uses its own namespace ("mpxbench-PID-SEQ-TAG"), whose
- * keys are UNLINKed when it is done.
+ * keys are UNLINKed when it is done (on every master of a cluster).
+ *
+ * Key layout: $MPX_BENCH_LAYOUT = node | sharded | auto (default auto: the
+ * library's choice, node on a single Redis and sharded on a cluster) and
+ * $MPX_BENCH_SHARDS (sharded: 1..16384, default the library's 64) go to
+ * the options of every registry; the context line "mpx_layout" says which
+ * ran. The Commit benchmark's check counts the fields of every spark hash
+ * of the namespace (one in the node layout, one per shard when sharded).
  *
  * Smoke mode (a few seconds; what tools/test.sh runs): MPX_BENCH_SMOKE=1,
  * or --benchmark_min_time below 0.1 s. The 1,000,000-spark datasets become
@@ -102,6 +110,8 @@ struct Config {
     int max_threads = 2;
     std::string url;
     bool own_redis = false;
+    int layout = MPX_LAYOUT_AUTO; // $MPX_BENCH_LAYOUT
+    uint32_t shards = 0;          // $MPX_BENCH_SHARDS; 0: the library's default
 };
 Config g;
 redis_proc_t g_redis;
@@ -431,113 +441,249 @@ bool parse_url(const std::string &url, Endpoint &ep)
     return false;
 }
 
-struct RedisConn {
-    redisContext *c = nullptr;
-    RedisConn()
-    {
-        Endpoint ep;
-        if (!parse_url(g.url, ep))
-            return;
-        timeval tv = {5, 0};
-        c = ep.unix_sock ? redisConnectUnixWithTimeout(ep.path.c_str(), tv)
-                         : redisConnectWithTimeout(ep.host.c_str(), ep.port, tv);
-        if (!c || c->err) {
-            if (c)
-                redisFree(c);
-            c = nullptr;
-            return;
-        }
-        timeval ct = {60, 0};
-        redisSetTimeout(c, ct);
-        redisReply *r = nullptr;
-        if (!ep.pass.empty())
-            r = ep.user.empty()
-                    ? static_cast<redisReply *>(redisCommand(c, "AUTH %s", ep.pass.c_str()))
-                    : static_cast<redisReply *>(
-                          redisCommand(c, "AUTH %s %s", ep.user.c_str(), ep.pass.c_str()));
-        if (r)
-            freeReplyObject(r);
-        if (ep.db) {
-            r = static_cast<redisReply *>(redisCommand(c, "SELECT %d", ep.db));
-            if (r)
-                freeReplyObject(r);
-        }
-    }
-    ~RedisConn()
-    {
+redisContext *connect_to(const Endpoint &ep)
+{
+    timeval tv = {5, 0};
+    redisContext *c = ep.unix_sock ? redisConnectUnixWithTimeout(ep.path.c_str(), tv)
+                                   : redisConnectWithTimeout(ep.host.c_str(), ep.port, tv);
+    if (!c || c->err) {
         if (c)
             redisFree(c);
+        return nullptr;
     }
-    RedisConn(const RedisConn &) = delete;
-    RedisConn &operator=(const RedisConn &) = delete;
-    redisReply *cmd(const char *fmt, const std::string &a)
-    {
-        return c ? static_cast<redisReply *>(redisCommand(c, fmt, a.c_str())) : nullptr;
-    }
-};
-
-long long redis_hlen(const std::string &ns)
-{
-    RedisConn rc;
-    redisReply *r = rc.cmd("HLEN %s", ns + ":sparks");
-    long long v = (r && r->type == REDIS_REPLY_INTEGER) ? r->integer : -1;
+    timeval ct = {60, 0};
+    redisSetTimeout(c, ct);
+    redisReply *r = nullptr;
+    if (!ep.pass.empty())
+        r = ep.user.empty()
+                ? static_cast<redisReply *>(redisCommand(c, "AUTH %s", ep.pass.c_str()))
+                : static_cast<redisReply *>(
+                      redisCommand(c, "AUTH %s %s", ep.user.c_str(), ep.pass.c_str()));
     if (r)
         freeReplyObject(r);
-    return v;
+    if (ep.db) {
+        r = static_cast<redisReply *>(redisCommand(c, "SELECT %d", ep.db));
+        if (r)
+            freeReplyObject(r);
+    }
+    return c;
 }
 
-// UNLINK every key of a namespace (bounded SCAN).
-void redis_unlink_ns(const std::string &ns)
+bool is_cluster_url(const std::string &url) { return url.rfind("redis-cluster://", 0) == 0; }
+
+// The seeds of a redis-cluster://[user:pass@]h:p,h:p URL (credentials on each).
+std::vector<Endpoint> cluster_seeds(const std::string &url)
 {
-    RedisConn rc;
-    if (!rc.c) {
-        fprintf(stderr, "metroplex-bench: cannot connect to Redis to clean %s\n", ns.c_str());
-        return;
+    std::vector<Endpoint> out;
+    std::string rest = url.substr(16);
+    size_t q = rest.find_first_of("/?");
+    if (q != std::string::npos)
+        rest = rest.substr(0, q);
+    Endpoint cred;
+    size_t at = rest.rfind('@');
+    if (at != std::string::npos) {
+        std::string ui = rest.substr(0, at);
+        rest = rest.substr(at + 1);
+        size_t c = ui.find(':');
+        cred.user = pct_decode(c == std::string::npos ? ui : ui.substr(0, c));
+        if (c != std::string::npos)
+            cred.pass = pct_decode(ui.substr(c + 1));
     }
-    std::string pattern = ns + ":*", cursor = "0";
+    size_t pos = 0;
+    while (pos <= rest.size()) {
+        size_t comma = rest.find(',', pos);
+        std::string hp = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        size_t c = hp.rfind(':');
+        Endpoint ep = cred;
+        ep.host = hp.substr(0, c);
+        ep.port = c == std::string::npos ? 6379 : atoi(hp.c_str() + c + 1);
+        if (!ep.host.empty())
+            out.push_back(ep);
+        if (comma == std::string::npos)
+            break;
+        pos = comma + 1;
+    }
+    return out;
+}
+
+// Direct connections to every master (a single Redis: one), for cleanup and
+// checks. On a cluster the masters come from CLUSTER NODES of the first seed
+// that answers.
+struct Masters {
+    std::vector<redisContext *> c;
+    bool cluster = false;
+    Masters()
+    {
+        if (!is_cluster_url(g.url)) {
+            Endpoint ep;
+            redisContext *x = parse_url(g.url, ep) ? connect_to(ep) : nullptr;
+            if (x)
+                c.push_back(x);
+            return;
+        }
+        cluster = true;
+        for (const Endpoint &seed : cluster_seeds(g.url)) {
+            redisContext *x = connect_to(seed);
+            if (!x)
+                continue;
+            redisReply *r = static_cast<redisReply *>(redisCommand(x, "CLUSTER NODES"));
+            redisFree(x);
+            if (!r || r->type != REDIS_REPLY_STRING) {
+                if (r)
+                    freeReplyObject(r);
+                continue;
+            }
+            // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <slots...>
+            std::string text(r->str, r->len);
+            freeReplyObject(r);
+            size_t pos = 0;
+            while (pos < text.size()) {
+                size_t nl = text.find('\n', pos);
+                std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+                pos = nl == std::string::npos ? text.size() : nl + 1;
+                std::vector<std::string> f;
+                size_t p = 0;
+                while (p < line.size()) {
+                    size_t sp = line.find(' ', p);
+                    f.push_back(line.substr(p, sp == std::string::npos ? std::string::npos : sp - p));
+                    p = sp == std::string::npos ? line.size() : sp + 1;
+                }
+                if (f.size() < 9 || f[2].find("master") == std::string::npos ||
+                    f[2].find("fail") != std::string::npos)
+                    continue; // no slots, a replica or a failed node
+                std::string hp = f[1].substr(0, f[1].find('@'));
+                size_t c2 = hp.rfind(':');
+                Endpoint ep = seed;
+                ep.host = hp.substr(0, c2);
+                ep.port = atoi(hp.c_str() + c2 + 1);
+                if (ep.host.empty())
+                    ep.host = seed.host;
+                if (redisContext *m = connect_to(ep))
+                    c.push_back(m);
+            }
+            break;
+        }
+    }
+    ~Masters()
+    {
+        for (redisContext *x : c)
+            redisFree(x);
+    }
+    Masters(const Masters &) = delete;
+    Masters &operator=(const Masters &) = delete;
+};
+
+// The layout the registries run (the library's choice when auto).
+bool sharded_layout()
+{
+    return g.layout == MPX_LAYOUT_SHARDED || (g.layout == MPX_LAYOUT_AUTO && is_cluster_url(g.url));
+}
+
+// Every key matching `pattern` on master x, by SCAN (bounded).
+std::vector<std::string> scan_keys(redisContext *x, const std::string &pattern)
+{
+    std::vector<std::string> keys;
+    std::string cursor = "0";
     for (int round = 0; round < 1000000; round++) {
         redisReply *r = static_cast<redisReply *>(redisCommand(
-            rc.c, "SCAN %s MATCH %s COUNT 1000", cursor.c_str(), pattern.c_str()));
+            x, "SCAN %s MATCH %s COUNT 1000", cursor.c_str(), pattern.c_str()));
         if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
             if (r)
                 freeReplyObject(r);
-            return;
+            break;
         }
         cursor.assign(r->element[0]->str, r->element[0]->len);
-        redisReply *keys = r->element[1];
-        if (keys->elements > 0) {
-            std::vector<const char *> argv{"UNLINK"};
-            std::vector<size_t> lens{6};
-            for (size_t i = 0; i < keys->elements; i++) {
-                argv.push_back(keys->element[i]->str);
-                lens.push_back(keys->element[i]->len);
-            }
-            redisReply *u = static_cast<redisReply *>(
-                redisCommandArgv(rc.c, int(argv.size()), argv.data(), lens.data()));
-            if (u)
-                freeReplyObject(u);
-        }
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            keys.emplace_back(r->element[1]->element[i]->str, r->element[1]->element[i]->len);
         freeReplyObject(r);
         if (cursor == "0")
             break;
+    }
+    return keys;
+}
+
+// Sparks in Redis: HLEN of the namespace's spark hash, or in the sharded
+// layout the sum over its shard hashes ("NS:{tag}:sparks") on every master.
+long long redis_hlen(const std::string &ns)
+{
+    Masters ms;
+    if (ms.c.empty())
+        return -1;
+    if (!sharded_layout()) {
+        redisReply *r = static_cast<redisReply *>(
+            redisCommand(ms.c[0], "HLEN %s", (ns + ":sparks").c_str()));
+        long long v = (r && r->type == REDIS_REPLY_INTEGER) ? r->integer : -1;
+        if (r)
+            freeReplyObject(r);
+        return v;
+    }
+    long long sum = 0;
+    for (redisContext *x : ms.c)
+        for (const std::string &k : scan_keys(x, ns + ":{*}:sparks")) {
+            redisReply *r = static_cast<redisReply *>(redisCommand(x, "HLEN %b", k.data(), k.size()));
+            if (!r || r->type != REDIS_REPLY_INTEGER) {
+                if (r)
+                    freeReplyObject(r);
+                return -1;
+            }
+            sum += r->integer;
+            freeReplyObject(r);
+        }
+    return sum;
+}
+
+// UNLINK every key of a namespace ("NS:*", and "{NS}:*", the sharded
+// layout's control keys) on every master (bounded SCAN).
+void redis_unlink_ns(const std::string &ns)
+{
+    Masters ms;
+    if (ms.c.empty()) {
+        fprintf(stderr, "metroplex-bench: cannot connect to Redis to clean %s\n", ns.c_str());
+        return;
+    }
+    for (redisContext *x : ms.c) {
+        for (const std::string &pattern : {ns + ":*", "{" + ns + "}:*"}) {
+            std::vector<std::string> keys = scan_keys(x, pattern);
+            // One Redis: UNLINK them in batches. A cluster refuses keys of
+            // several slots in one command: one UNLINK per key, pipelined.
+            for (size_t i = 0; i < keys.size();) {
+                size_t n = ms.cluster ? 1 : std::min<size_t>(1000, keys.size() - i);
+                std::vector<const char *> argv{"UNLINK"};
+                std::vector<size_t> lens{6};
+                for (size_t k = i; k < i + n; k++) {
+                    argv.push_back(keys[k].data());
+                    lens.push_back(keys[k].size());
+                }
+                redisAppendCommandArgv(x, int(argv.size()), argv.data(), lens.data());
+                i += n;
+            }
+            for (size_t i = 0; i < keys.size(); i += ms.cluster ? 1 : 1000) {
+                void *r = nullptr;
+                if (redisGetReply(x, &r) != REDIS_OK)
+                    break;
+                freeReplyObject(r);
+            }
+        }
     }
     // UNLINK frees big keys on Redis's lazyfree thread: wait for it (at most
     // 60 s), so that freeing a million sparks does not steal CPU from the
     // next measurement.
     const double deadline = now_s() + 60;
-    while (now_s() < deadline) {
-        redisReply *r = static_cast<redisReply *>(redisCommand(rc.c, "INFO memory"));
-        long long pending = 0;
-        if (r && r->type == REDIS_REPLY_STRING) {
-            const char *p = strstr(r->str, "lazyfree_pending_objects:");
-            if (p)
-                pending = atoll(p + strlen("lazyfree_pending_objects:"));
+    for (redisContext *x : ms.c) {
+        while (now_s() < deadline) {
+            redisReply *r = static_cast<redisReply *>(redisCommand(x, "INFO memory"));
+            long long pending = 0;
+            if (r && r->type == REDIS_REPLY_STRING) {
+                const char *p = strstr(r->str, "lazyfree_pending_objects:");
+                if (p)
+                    pending = atoll(p + strlen("lazyfree_pending_objects:"));
+            }
+            if (r)
+                freeReplyObject(r);
+            if (!r || pending == 0)
+                break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
-        if (r)
-            freeReplyObject(r);
-        if (!r || pending == 0)
-            break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
 }
 
@@ -572,6 +718,9 @@ mpx_t *open_registry(const std::string &ns, const RegOpts &ro, std::string &err)
     o.redis_url = g.url.c_str();
     o.ns = ns.c_str();
     o.size_hint = ro.hint;
+    o.layout = g.layout;
+    if (g.shards)
+        o.shards = g.shards;
     o.remote_ttl_ms = ro.remote_ttl_ms;
     if (ro.remote_max)
         o.remote_max = ro.remote_max;
@@ -1528,12 +1677,33 @@ long env_long(const char *name, long lo, long hi, long dflt)
     return v;
 }
 
+// $MPX_BENCH_LAYOUT and $MPX_BENCH_SHARDS into g (also in the memory
+// child, which inherits the environment). False on a bad value.
+bool read_layout_env()
+{
+    const char *e = getenv("MPX_BENCH_LAYOUT");
+    if (e && *e) {
+        if (strcmp(e, "node") == 0)
+            g.layout = MPX_LAYOUT_NODE;
+        else if (strcmp(e, "sharded") == 0)
+            g.layout = MPX_LAYOUT_SHARDED;
+        else if (strcmp(e, "auto") == 0)
+            g.layout = MPX_LAYOUT_AUTO;
+        else {
+            fprintf(stderr, "metroplex-bench: MPX_BENCH_LAYOUT=%s: expected node, sharded or auto\n", e);
+            return false;
+        }
+    }
+    g.shards = uint32_t(env_long("MPX_BENCH_SHARDS", 1, 16384, 0));
+    return true;
+}
+
 } // namespace
 
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], kMemoryChildFlag) == 0)
-        return memory_child(argc, argv);
+        return read_layout_env() ? memory_child(argc, argv) : 2;
     bool list_only = false, own_format = false, color = isatty(1);
     const char *smoke_env = getenv("MPX_BENCH_SMOKE");
     if (smoke_env && *smoke_env && strcmp(smoke_env, "0") != 0)
@@ -1559,6 +1729,8 @@ int main(int argc, char **argv)
     unsigned hw = std::thread::hardware_concurrency();
     g.max_threads = int(env_long("MPX_BENCH_THREADS", 1, kMaxThreads,
                                  std::max(2, std::min(8, int(hw ? hw : 2)))));
+    if (!read_layout_env())
+        return 1;
 
     if (!list_only) {
         const char *url = getenv("MPX_BENCH_REDIS_URL");
@@ -1584,6 +1756,18 @@ int main(int argc, char **argv)
     benchmark::AddCustomContext("mpx_sparks", std::to_string(g.big));
     benchmark::AddCustomContext("mpx_repetitions", std::to_string(g.reps));
     benchmark::AddCustomContext("mpx_redis", g.url + (g.own_redis ? " (private)" : ""));
+    {
+        std::string lay = sharded_layout() ? "sharded" : "node";
+        if (sharded_layout())
+        {
+            mpx_options_t d;
+            mpx_options_init(&d);
+            lay += ", " + std::to_string(g.shards ? g.shards : d.shards) + " shards";
+        }
+        if (g.layout == MPX_LAYOUT_AUTO)
+            lay += " (auto)";
+        benchmark::AddCustomContext("mpx_layout", lay);
+    }
     benchmark::AddCustomContext("tsc_ns_per_tick", std::to_string(g_ns_per_tick));
     benchmark::AddCustomContext("timer_overhead_ns", std::to_string(g_timer_overhead_ns));
     benchmark::AddCustomContext("peak_rss", reset_hwm() ? "VmHWM, reset before each fill"

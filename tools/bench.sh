@@ -12,11 +12,18 @@
 #   (d) the Node original (metroplex 1.0.2 via npm) committing 200,000 sparks
 #       (tools/node_baseline; it runs out of heap near 1,000,000).
 # (b)-(d) run R rounds, interleaved; the summary quotes medians.
+# With --cluster, also a local 3-master Redis Cluster (tools/cluster.sh, no
+# replicas) and, in every round, sparkgen N over 4 servers in the sharded
+# layout on the single Redis and on the cluster, beside the node layout of
+# (c); then metroplex-bench's Commit benchmark in the same three settings
+# (MPX_BENCH_LAYOUT, MPX_BENCH_REDIS_URL). The summary puts the three side by
+# side: committed sparks/s and Redis bytes per spark.
 #
 #   bash tools/bench.sh                 N = 1,000,000, R = 3 (5-10 min)
 #   bash tools/bench.sh --quick         N = 100,000, Node 20,000, R = 1,
 #                                       metroplex-bench in smoke mode
 #   options: --sparks N  --node-sparks N  --reps R  --no-node  --no-bench
+#            --cluster   the cluster comparison (above)
 #            -- ARGS     pass ARGS to metroplex-bench (e.g.
 #                        -- --benchmark_filter=Lookup)
 #
@@ -29,7 +36,7 @@ cd "$ROOT"
 # shellcheck source=tools/lib.sh
 . "$ROOT/tools/lib.sh"
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 2; }
 note() { printf 'bench.sh: %s\n' "$*"; }
 int_arg() {
@@ -45,6 +52,7 @@ REPS=3
 QUICK=0
 RUN_NODE=1
 RUN_BENCH=1
+RUN_CLUSTER=0
 BENCH_ARGS=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -54,6 +62,7 @@ while [ "$#" -gt 0 ]; do
         --quick) QUICK=1; SPARKS=100000; NODE_SPARKS=20000; SMALL_SPARKS=20000; REPS=1 ;;
         --no-node) RUN_NODE=0 ;;
         --no-bench) RUN_BENCH=0 ;;
+        --cluster) RUN_CLUSTER=1 ;;
         --) shift; BENCH_ARGS=("$@"); break ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option: $1 (try --help)" ;;
@@ -116,12 +125,17 @@ REDIS_PID=""
 REDIS_PORT=""
 REDIS_DIR=""
 RESULTS=""
+CLUSTER_DIR=""
 
 stop_redis() {
     mpx_stop_pid "$REDIS_PID"
     REDIS_PID=""
     if [ -n "$REDIS_DIR" ] && [ -d "$REDIS_DIR" ]; then rm -rf -- "$REDIS_DIR"; fi
     REDIS_DIR=""
+    if [ -n "$CLUSTER_DIR" ] && [ -d "$CLUSTER_DIR" ]; then
+        bash "$ROOT/tools/cluster.sh" stop "$CLUSTER_DIR" || true
+    fi
+    CLUSTER_DIR=""
 }
 trap stop_redis EXIT
 trap 'exit 130' INT
@@ -157,6 +171,15 @@ done
 URL="redis://127.0.0.1:$REDIS_PORT"
 note "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') pid $REDIS_PID at $URL"
 
+CLUSTER_URL=""
+if [ "$RUN_CLUSTER" -eq 1 ]; then
+    phase "redis cluster (3 masters, no replicas)"
+    CLUSTER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-bench-cluster.XXXXXX")"
+    CLUSTER_URL=$(bash "$ROOT/tools/cluster.sh" start "$CLUSTER_DIR" --masters 3 --replicas 0) ||
+        die "could not start a Redis Cluster (tools/cluster.sh start)"
+    note "redis cluster at $CLUSTER_URL"
+fi
+
 RESULTS="$ROOT/build/bench-results/$(date '+%Y%m%d-%H%M%S')"
 mkdir -p "$RESULTS"
 note "results in ${RESULTS#"$ROOT"/}"
@@ -169,19 +192,39 @@ PIPE=()
 MPX=()
 MPX1=()
 NODE=()
+MPXS=()   # --cluster: sharded layout, one Redis
+MPXC=()   # --cluster: the cluster
+BPS=()    # Redis bytes per spark: node layout, one Redis
+BPSS=()   # sharded, one Redis
+BPSC=()   # the cluster
 
 # lazyfree_pending: the value of lazyfree_pending_objects in INFO on stdin.
 lazyfree_pending() { tr -d '\r' | awk -F: '$1 == "lazyfree_pending_objects" { print $2 }'; }
 
 # redis_idle: wait (at most 60 s) until Redis has freed what the previous step
-# UNLINKed, so its lazyfree thread does not compete with the next measurement.
+# UNLINKed, so its lazyfree thread does not compete with the next measurement
+# (with --cluster, every node of the cluster too).
 redis_idle() {
+    local ports=("$REDIS_PORT") p busy
+    if [ -n "$CLUSTER_DIR" ] && [ -f "$CLUSTER_DIR/pids" ]; then
+        while read -r _ p; do ports+=("$p"); done <"$CLUSTER_DIR/pids"
+    fi
     for _ in $(seq 1 600); do
-        [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO memory 2>/dev/null |
-            lazyfree_pending)" = "0" ] && return 0
+        busy=0
+        for p in "${ports[@]}"; do
+            [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$p" INFO memory 2>/dev/null |
+                lazyfree_pending)" = "0" ] || busy=1
+        done
+        [ "$busy" -eq 0 ] && return 0
         sleep 0.1
     done
     note "Redis still freeing memory after 60 s; measuring anyway"
+}
+
+# bytes_per_spark LOG: sparkgen's Redis bytes per spark ("redis memory:" line)
+bytes_per_spark() {
+    awk '/^ *redis memory:/ { for (i = 2; i <= NF; i++) if ($i ~ /B\/spark$/) { v = $i; sub(/B\/spark$/, "", v) } }
+        END { if (v != "") print v }' "$1"
 }
 
 # committed_rate LOG: sparkgen's committed sparks/s (the number before
@@ -213,8 +256,38 @@ for ((r = 1; r <= REPS; r++)); do
         --namespace "mpxsg-$$-$r" --quiet 2>&1 | tee "$log"; then
         v=$(committed_rate "$log")
         [ -n "$v" ] && MPX+=("$v")
+        v=$(bytes_per_spark "$log")
+        [ -n "$v" ] && BPS+=("$v")
     else
         FAILED+=("metroplex-sparkgen round $r")
+    fi
+
+    if [ "$RUN_CLUSTER" -eq 1 ]; then
+        phase "round $r/$REPS: metroplex-c (sparkgen), $SPARKS sparks over 4 servers, sharded layout, one Redis"
+        log="$RESULTS/sparkgen-sharded-$r.log"
+        redis_idle
+        if timeout 900 "$SPARKGEN_BIN" --redis "$URL" --layout sharded --sparks "$SPARKS" \
+            --servers 4 --namespace "mpxsgs-$$-$r" --quiet 2>&1 | tee "$log"; then
+            v=$(committed_rate "$log")
+            [ -n "$v" ] && MPXS+=("$v")
+            v=$(bytes_per_spark "$log")
+            [ -n "$v" ] && BPSS+=("$v")
+        else
+            FAILED+=("metroplex-sparkgen (sharded, one Redis) round $r")
+        fi
+
+        phase "round $r/$REPS: metroplex-c (sparkgen), $SPARKS sparks over 4 servers, 3-master cluster"
+        log="$RESULTS/sparkgen-cluster-$r.log"
+        redis_idle
+        if timeout 900 "$SPARKGEN_BIN" --redis "$CLUSTER_URL" --sparks "$SPARKS" --servers 4 \
+            --namespace "mpxsgc-$$-$r" --quiet 2>&1 | tee "$log"; then
+            v=$(committed_rate "$log")
+            [ -n "$v" ] && MPXC+=("$v")
+            v=$(bytes_per_spark "$log")
+            [ -n "$v" ] && BPSC+=("$v")
+        else
+            FAILED+=("metroplex-sparkgen (cluster) round $r")
+        fi
     fi
 
     phase "round $r/$REPS: metroplex-c (sparkgen), $SMALL_SPARKS sparks, 1 server"
@@ -257,6 +330,30 @@ if [ "$RUN_BENCH" -eq 1 ]; then
     fi
 fi
 
+# --- 4b. --cluster: metroplex-bench's Commit benchmark in the three settings -------------
+
+# commit_rows TXT: the "Commit/..." lines of a metroplex-bench summary
+commit_rows() { grep -E '^ +Commit/' "$1" | sed 's/^ *//' || true; }
+
+if [ "$RUN_CLUSTER" -eq 1 ] && [ "$RUN_BENCH" -eq 1 ]; then
+    for setting in node sharded cluster; do
+        phase "metroplex-bench Commit: $setting"
+        redis_idle
+        case "$setting" in
+            node) bench_env=(MPX_BENCH_REDIS_URL="$URL" MPX_BENCH_LAYOUT=node) ;;
+            sharded) bench_env=(MPX_BENCH_REDIS_URL="$URL" MPX_BENCH_LAYOUT=sharded) ;;
+            cluster) bench_env=(MPX_BENCH_REDIS_URL="$CLUSTER_URL" MPX_BENCH_LAYOUT=sharded) ;;
+        esac
+        [ "$QUICK" -eq 1 ] && bench_env+=(MPX_BENCH_SMOKE=1)
+        if env "${bench_env[@]}" timeout 1800 "$BENCH_BIN" --benchmark_filter='^Commit/' \
+            2>&1 | tee "$RESULTS/bench-commit-$setting.txt"; then
+            :
+        else
+            FAILED+=("metroplex-bench Commit ($setting)")
+        fi
+    done
+fi
+
 # --- 5. summary ----------------------------------------------------------------------
 
 median() { # median of the arguments, or "-"
@@ -270,6 +367,11 @@ ratio() { # ratio A B -> A / B with 2 decimals, or "-"
 row() { printf '  %-62s %10s   %s\n' "$1" "$2" "$3"; }
 
 P=$(median "${PIPE[@]+"${PIPE[@]}"}")
+MS=$(median "${MPXS[@]+"${MPXS[@]}"}")
+MC=$(median "${MPXC[@]+"${MPXC[@]}"}")
+B=$(median "${BPS[@]+"${BPS[@]}"}")
+BS=$(median "${BPSS[@]+"${BPSS[@]}"}")
+BC=$(median "${BPSC[@]+"${BPSC[@]}"}")
 M=$(median "${MPX[@]+"${MPX[@]}"}")
 M1=$(median "${MPX1[@]+"${MPX1[@]}"}")
 N=$(median "${NODE[@]+"${NODE[@]}"}")
@@ -291,6 +393,25 @@ fi
 row "ratio metroplex-c / ceiling ($SPARKS sparks)" "$(ratio "$M" "$P")" ""
 if [ "$RUN_NODE" -eq 1 ]; then
     row "ratio metroplex-c / Node ($SMALL_SPARKS vs $NODE_SPARKS sparks, 1 server)" "$(ratio "$M1" "$N")" ""
+fi
+if [ "$RUN_CLUSTER" -eq 1 ]; then
+    printf '\ncluster comparison: sparkgen, %s sparks over 4 servers, median of %d run(s)\n' "$SPARKS" "$REPS"
+    printf '  %-40s %12s %14s   %s\n' "setting" "sparks/s" "Redis B/spark" "runs (sparks/s)"
+    printf '  %-40s %12s %14s   %s\n' "one Redis, node layout" "$M" "$B" "${MPX[*]:-}"
+    printf '  %-40s %12s %14s   %s\n' "one Redis, sharded layout (64 shards)" "$MS" "$BS" "${MPXS[*]:-}"
+    printf '  %-40s %12s %14s   %s\n' "3-master cluster, sharded (64 shards)" "$MC" "$BC" "${MPXC[*]:-}"
+    printf '  %-40s %12s\n' "ratio cluster / one Redis node layout" "$(ratio "$MC" "$M")"
+    printf '  %-40s %12s\n' "ratio one Redis sharded / node layout" "$(ratio "$MS" "$M")"
+    printf '  per-master shares of the last cluster round: %s\n' \
+        "${RESULTS#"$ROOT"/}/sparkgen-cluster-$REPS.log (\"redis masters\")"
+    if [ "$RUN_BENCH" -eq 1 ]; then
+        for setting in node sharded cluster; do
+            if [ -f "$RESULTS/bench-commit-$setting.txt" ]; then
+                printf '  metroplex-bench Commit, %s:\n' "$setting"
+                commit_rows "$RESULTS/bench-commit-$setting.txt" | sed 's/^/    /'
+            fi
+        done
+    fi
 fi
 printf 'load average before/after: %s / %s; results: %s (%ds in all)\n' "$LOAD_BEFORE" \
     "$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')" "${RESULTS#"$ROOT"/}" \
