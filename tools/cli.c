@@ -2122,6 +2122,22 @@ static void sh_phase_control(engine_t *e)
         const char *addr = e->servers.v[i];
         if (kvl_get(&e->gens, addr))
             continue;
+        /* confirm in one script-free read of the control slot: servers and
+         * gens were read by separate scans (a retire may fall between) */
+        batch_t c = {0};
+        mpx__argv_t *q = batch_add(&c);
+        push(q, "SISMEMBER");
+        mpx__argv_push(q, G.keys.servers, G.keys.servers_len);
+        push(q, addr);
+        q = batch_add(&c);
+        push(q, "HEXISTS");
+        mpx__argv_push(q, G.keys.gens, G.keys.gens_len);
+        push(q, addr);
+        batch_run(&c, "SISMEMBER/HEXISTS");
+        bool still = reply_int(c.rep[0]) == 1 && reply_int(c.rep[1]) == 0;
+        batch_free(&c);
+        if (!still)
+            continue;
         bool live = sh_live(e, addr);
         finding(e, K_SERVER_NO_GEN, addr, NULL, 0, live ? "server live" : "server not live",
                 live ? "left: the server registers again at its next heartbeat"
@@ -2599,7 +2615,8 @@ static void sh_phase_hash(engine_t *e)
                 }
                 pairs[np++] = (pair_t){k->str, v->str, k->len, v->len};
             }
-            qsort(pairs + p0, np - p0, sizeof *pairs, cmp_pair);
+            if (np > p0)
+                qsort(pairs + p0, np - p0, sizeof *pairs, cmp_pair);
             for (size_t g = p0; g < np;) {
                 size_t end = g + 1;
                 while (end < np && cmp_pair(&pairs[g], &pairs[end]) == 0)
@@ -3023,7 +3040,11 @@ static size_t reap_dead(engine_t *e)
             }
             if (now - d->first_missing_ms >= G.interval_ms) {
                 int retired = 0;
-                if (mpx__admin_retire(registry(), d->addr, &retired) != 0)
+                int rc = mpx__admin_retire(registry(), d->addr, &retired);
+                if (rc == MPX_EREDIS || rc == MPX_EPROTO || rc == MPX_ESTATE)
+                    /* retired; a cleanup failed on a broken entry (reported) */
+                    fprintf(stderr, CLI_NAME ": warning: %s\n", mpx_last_error());
+                else if (rc)
                     die_redis("reaping");
                 done[i] = true, left--;
                 if (retired)
