@@ -624,6 +624,9 @@ static void each_damage(int cluster)
     /* gen-unregistered: a generation whose address is not in servers */
     plant_server(&d, "http://10.0.0.11:1", "gen-11", "g11_", 3, 0);
     db_cmd(&d, "SREM %s http://10.0.0.11:1", d.k.servers);
+    /* gen-unregistered, live: missing from servers only */
+    plant_server(&d, "http://10.0.0.12:1", "gen-12", "g12_", 2, 60000);
+    db_cmd(&d, "SREM %s http://10.0.0.12:1", d.k.servers);
     /* drain-live: A's live generation listed in drains */
     db_cmd(&d, "HSET %s %s %s", d.k.drains, L, A);
     /* alive-unregistered */
@@ -656,6 +659,8 @@ static void each_damage(int cluster)
     W("{\"kind\":\"server-no-gen\",\"address\":\"http://10.0.0.10:1\",");
     W("{\"kind\":\"gen-unregistered\",\"address\":\"http://10.0.0.11:1\",\"generation\":"
       "\"gen-11\",\"detail\":\"server not live");
+    W("{\"kind\":\"gen-unregistered\",\"address\":\"http://10.0.0.12:1\",\"generation\":"
+      "\"gen-12\",\"detail\":\"server live");
     W("{\"kind\":\"drain-live\",\"address\":\"%s\",\"generation\":\"%s\",", A, L);
     W("{\"kind\":\"alive-unregistered\",\"address\":\"http://10.0.0.6:1\",");
     W("{\"kind\":\"server-no-alive\",\"address\":\"http://10.0.0.7:1\",");
@@ -667,18 +672,18 @@ static void each_damage(int cluster)
     /* + left1, an entry of the orphaned set (check lists the set in no
      * drain, so the entry is in no known set: hash-unregistered) */
     W2("{\"kind\":\"hash-unregistered\",\"address\":\"http://10.0.0.5:1\",\"id\":\"left1\",");
-    cr_assert(strstr(r.out, "\"problems\":19,"), "%s", r.out);
+    cr_assert(strstr(r.out, "\"problems\":20,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"counts\":{\"hash-not-in-set\":2,\"hash-unregistered\":4,"
                             "\"set-stale\":2,\"alive-unregistered\":1,\"server-no-alive\":2,"
                             "\"wrong-shard\":2,\"set-orphan\":1,\"marker-missing\":1,"
-                            "\"marker-wrong\":1,\"server-no-gen\":1,\"gen-unregistered\":1,"
+                            "\"marker-wrong\":1,\"server-no-gen\":1,\"gen-unregistered\":2,"
                             "\"drain-live\":1}"),
               "%s", r.out);
     run_free(&r);
     /* the text form lists them too */
     r = cli(url, ns, "check", NULL);
     EXPECT_RC(r, 1);
-    cr_assert(strstr(r.out, "check: 19 problems"), "%s", r.out);
+    cr_assert(strstr(r.out, "check: 20 problems"), "%s", r.out);
     run_free(&r);
 
     /* a dry run changes nothing */
@@ -727,15 +732,18 @@ static void each_damage(int cluster)
         cr_assert_eq(member(&d, A, L, id2), 1, "%s not in its set", id2);
     }
     cr_assert_eq(scard_all(&d, A, L), 40);
-    cr_assert_eq(hlen_all(&d), 40);
+    cr_assert_eq(scard_all(&d, "http://10.0.0.12:1", "gen-12"), 2);
+    cr_assert_eq(hlen_all(&d), 42);
     cr_assert_eq(db_int(&d, "HLEN %s", d.k.drains), 0);
     for (uint32_t s = 0; s < NS_; s++) {
         db_str(&d, v, sizeof v, "HGET %s %s", k_marker(&d, s), A);
         cr_assert_str_eq(v, L, "shard %u marker", s);
-        cr_assert_eq(db_int(&d, "HLEN %s", k_marker(&d, s)), 1, "shard %u markers", s);
+        cr_assert_eq(db_int(&d, "HLEN %s", k_marker(&d, s)), 2, "shard %u markers", s);
     }
-    cr_assert_eq(db_int(&d, "SCARD %s", d.k.servers), 1);
-    cr_assert_eq(db_int(&d, "HLEN %s", d.k.gens), 1);
+    /* A, and 10.0.0.12 (live) registered again */
+    cr_assert_eq(db_int(&d, "SCARD %s", d.k.servers), 2);
+    cr_assert_eq(db_int(&d, "SISMEMBER %s http://10.0.0.12:1", d.k.servers), 1);
+    cr_assert_eq(db_int(&d, "HLEN %s", d.k.gens), 2);
     cr_assert_eq(db_int(&d, "EXISTS %s", k_own(&d, shard(&d, "left1"), "http://10.0.0.5:1",
                                               "oldgen-5")),
                  0);
