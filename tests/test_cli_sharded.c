@@ -553,6 +553,15 @@ static void clean_registry(int cluster)
     r = cli(url, empty, "--layout", "sharded", "--json", "check", NULL);
     EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"layout\":\"sharded\",\"shards\":64"), "%s", r.out);
+    cr_assert(strstr(r.err, "assuming 64"), "%s", r.err);
+    run_free(&r);
+    /* repair never guesses the shard count */
+    r = cli(url, empty, "--layout", "sharded", "repair", NULL);
+    EXPECT_RC(r, 2);
+    cr_assert(strstr(r.err, "give --shards"), "%s", r.err);
+    run_free(&r);
+    r = cli(url, empty, "--shards", "64", "repair", NULL);
+    EXPECT_RC(r, 0);
     run_free(&r);
 
     mpx_unregister(live_mpx);

@@ -67,6 +67,7 @@ typedef struct cli {
     int layout_opt;      /* --layout: MPX_LAYOUT_AUTO (not given), _NODE or _SHARDED */
     uint32_t shards_opt; /* --shards, 0 = not given */
     bool sharded;        /* the layout in use (G.keys.layout == MPX_LAYOUT_SHARDED) */
+    bool shards_assumed; /* sharded, but S neither in {ns}:layout nor from --shards */
     mpx__redis_endpoint_t ep;
     bool have_ep, have_keys;
     mpx__keys_t keys;
@@ -336,12 +337,13 @@ static void connect_redis(void)
     if (layout != MPX_LAYOUT_NODE) {
         uint32_t rec = recorded_shards();
         if (layout == MPX_LAYOUT_AUTO)
-            layout = rec || G.ep.cluster ? MPX_LAYOUT_SHARDED : MPX_LAYOUT_NODE;
+            layout = rec || G.ep.cluster || G.shards_opt ? MPX_LAYOUT_SHARDED : MPX_LAYOUT_NODE;
         if (layout == MPX_LAYOUT_SHARDED) {
             if (rec && G.shards_opt && rec != G.shards_opt)
                 die("namespace '%s' uses the sharded layout with %u shards ({%s}:layout), "
                     "not --shards %u", G.ns, rec, G.ns, G.shards_opt);
             shards = rec ? rec : G.shards_opt ? G.shards_opt : 64;
+            G.shards_assumed = !rec && !G.shards_opt;
         }
     }
     if (layout == MPX_LAYOUT_NODE && G.shards_opt)
@@ -1482,7 +1484,12 @@ static void finding_s(engine_t *e, int kind, const char *addr, const char *id, s
             putchar(' ');
             fwrite(id, 1, idlen, stdout);
         }
-        printf(" (%s)", detail);
+        printf(" (%s", detail);
+        if (shard >= 0)
+            printf(", shard %ld", shard);
+        if (gen)
+            printf(", generation %s", gen);
+        putchar(')');
         if (e->repair || e->label)
             printf(" -> %s", action);
         putchar('\n');
@@ -2981,8 +2988,11 @@ static int cmd_check(int argc, char **argv)
         printf("check: %" PRIu64 " problem%s", e.found, e.found == 1 ? "" : "s");
         print_counts_text(e.counts);
         printf("; scanned %" PRIu64 " keys, %" PRIu64 " hash entries, %" PRIu64
-               " spark sets (%" PRIu64 " members), %" PRIu64 " servers in %" PRIu64 " ms",
-               e.sc_keys, e.sc_hash, e.sc_sets, e.sc_members, e.sc_servers, ms);
+               " spark sets (%" PRIu64 " members), %" PRIu64 " servers",
+               e.sc_keys, e.sc_hash, e.sc_sets, e.sc_members, e.sc_servers);
+        if (G.sharded)
+            printf(" (%u shards)", (unsigned)G.keys.nshards);
+        printf(" in %" PRIu64 " ms", ms);
         if (e.drains_pending)
             printf("; %" PRIu64 " cleanups in progress (%" PRIu64 " entries)", e.drains_pending,
                    e.draining_entries);
@@ -3368,10 +3378,11 @@ static const char usage_text[] =
 "  spark ID...    the server holding each spark id ('-' where unknown)\n"
 "  stats          totals: servers, sparks (HLEN), keys and Redis memory used by\n"
 "                 the namespace (MEMORY USAGE key SAMPLES 5), largest servers\n"
-"  check          consistency scan in bounded chunks; lists every problem\n"
-"                 (node layout below; the sharded layout's kinds, also\n"
-"                 wrong-shard, set-orphan, marker-missing, marker-wrong,\n"
-"                 server-no-gen, gen-unregistered, drain-live: docs/cli.md):\n"
+"  check          consistency scan in bounded chunks; lists every problem (the\n"
+"                 node layout's kinds below; the sharded layout has no\n"
+"                 set-unregistered or aside-unlisted and adds wrong-shard,\n"
+"                 set-orphan, marker-missing, marker-wrong, server-no-gen,\n"
+"                 gen-unregistered, drain-live: see docs/cli.md):\n"
 "                   hash-not-in-set     hash entry missing from its server's set\n"
 "                   hash-unregistered   hash entry naming a server not registered\n"
 "                   set-stale           set member whose hash entry names another\n"
@@ -3405,7 +3416,8 @@ static const char usage_text[] =
 "  -n, --namespace NS   key prefix without the colon (default metroplex)\n"
 "      --layout L       key layout: node (the Node original's keys) or sharded\n"
 "                       (Redis Cluster); default: sharded when the namespace's\n"
-"                       {NS}:layout key exists or the URL is a cluster, else node\n"
+"                       {NS}:layout key exists, the URL is a cluster or --shards\n"
+"                       is given, else node\n"
 "      --shards S       sharded layout: shard count when {NS}:layout does not\n"
 "                       record it (default 64; must match it when it does)\n"
 "  -j, --json           machine-readable output: one JSON object (watch: one per\n"
@@ -3513,6 +3525,18 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     atexit(cleanup);
     connect_redis();
+    if (G.shards_assumed && (fn == cmd_check || fn == cmd_repair)) {
+        /* With a wrong S, every id would look like it is in the wrong shard
+         * and repair would delete it: never guess for repair. */
+        if (fn == cmd_repair && !G.dry_run)
+            die_usage("repair: {%s}:layout does not record the shard count of namespace '%s'; "
+                      "give --shards S (the one its registries use)",
+                      G.ns, G.ns);
+        fprintf(stderr,
+                CLI_NAME ": warning: {%s}:layout does not record the shard count; assuming %u "
+                "(--shards)\n",
+                G.ns, (unsigned)G.keys.nshards);
+    }
     int rc = fn(cargc, cargv);
     fflush(stdout);
     return rc;
