@@ -95,7 +95,7 @@ typedef struct pcmd {
     int16_t slot;    /* or SLOT_ANY */
     uint16_t ask;    /* ASK target, or NONE */
     uint8_t state;   /* P_* */
-    uint8_t noscript;/* scripts reloaded for it once */
+    uint8_t noscript; /* scripts reloaded for it once */
 } pcmd_t;
 
 struct mpx__cluster {
