@@ -503,6 +503,11 @@ Test(scripts, sources_and_names)
         [MPX__SCRIPT_REGISTER] = "register", [MPX__SCRIPT_HEARTBEAT] = "heartbeat",
         [MPX__SCRIPT_RETIRE] = "retire",     [MPX__SCRIPT_DRAIN] = "drain",
         [MPX__SCRIPT_DISCONNECT] = "disconnect",
+        [MPX__SCRIPT_S_REGISTER] = "sharded register",
+        [MPX__SCRIPT_S_HEARTBEAT] = "sharded heartbeat",
+        [MPX__SCRIPT_S_RETIRE] = "sharded retire",
+        [MPX__SCRIPT_S_DRAIN] = "sharded drain",
+        [MPX__SCRIPT_S_WRITE] = "sharded write",
     };
     for (int i = 0; i < MPX__SCRIPT_COUNT; i++) {
         const char *src = mpx__script_source(i);
