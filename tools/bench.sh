@@ -223,7 +223,7 @@ redis_idle() {
 
 # bytes_per_spark LOG: sparkgen's Redis bytes per spark ("redis memory:" line)
 bytes_per_spark() {
-    awk '/^ *redis memory:/ { for (i = 2; i <= NF; i++) if ($i ~ /B\/spark$/) { v = $i; sub(/B\/spark$/, "", v) } }
+    awk '/^ *redis memory:/ { for (i = 2; i <= NF; i++) if ($i == "B/spark") v = $(i - 1) }
         END { if (v != "") print v }' "$1"
 }
 
