@@ -155,6 +155,10 @@ start_node() {
     if alive "$pid"; then
         kill -KILL "$pid" 2>/dev/null || true
     fi
+    wait "$pid" 2>/dev/null || true
+    # Not part of the cluster: forget it, or every wait would poll its port.
+    sed -i "/^$pid $port\$/d" "$dir/pids"
+    rm -rf -- "${dir:?}/$port"
     return 1
 }
 
