@@ -349,7 +349,7 @@ cluster_load() {
         ok=0
     fi
     wait "$pid" || rc=$?
-    grep -E '^sparkgen: (error|warning)|^  (redis masters|    127|library counters|library errors|background reports|mismatches|result)' \
+    grep -E '^sparkgen: (error|warning)|^  (redis masters|library counters|library errors|background reports|mismatches|result)|^    [0-9]' \
         "$log" | head -n 40 || true
     mism=$(tail -n 1 "$log.json" 2>/dev/null | sed -n 's/.*"mismatches":\([0-9]*\).*/\1/p')
     result=$(tail -n 1 "$log.json" 2>/dev/null | sed -n 's/.*"result":"\([a-z]*\)".*/\1/p')
