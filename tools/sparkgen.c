@@ -2327,7 +2327,7 @@ static long long sg_shards_sum(sg_run_t *r, int record, const char *cmd, int kin
 {
     uint32_t S = r->keys.nshards;
     mpx__argv_t *cmds = calloc(S, sizeof *cmds);
-    mpx__argv_t **cp = malloc(S * sizeof *cp);
+    mpx__argv_t **cp = calloc(S, sizeof *cp);
     redisReply **rep = calloc(S, sizeof *rep);
     int *rcs = calloc(S, sizeof *rcs);
     if (!cmds || !cp || !rep || !rcs)
@@ -3571,7 +3571,7 @@ static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
     size_t *fill = malloc((size_t)S * sizeof *fill);
     sg_idcmd_t *cm = malloc(maxcmds * sizeof *cm);
     mpx__argv_t *argv = calloc(maxcmds, sizeof *argv);
-    mpx__argv_t **cp = malloc(maxcmds * sizeof *cp);
+    mpx__argv_t **cp = calloc(maxcmds, sizeof *cp);
     redisReply **rep = calloc(maxcmds, sizeof *rep);
     int *rcs = malloc(maxcmds * sizeof *rcs);
     if (!ids || !lens || !idx || !shard || !order || !start || !fill || !cm || !argv || !cp ||
@@ -3813,7 +3813,7 @@ static int sg_shard_markers(sg_run_t *r, int record,
     uint32_t S = r->keys.nshards;
     unsigned V = r->cfg.servers;
     mpx__argv_t *cmds = calloc(S, sizeof *cmds);
-    mpx__argv_t **cp = malloc(S * sizeof *cp);
+    mpx__argv_t **cp = calloc(S, sizeof *cp);
     redisReply **rep = calloc(S, sizeof *rep);
     int *rcs = calloc(S, sizeof *rcs);
     if (!cmds || !cp || !rep || !rcs)
