@@ -364,6 +364,9 @@ int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms);
  * layout), or stop writing (addr NULL): when stopping, waits until no batch
  * is in flight. */
 void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen);
+/* Stop writing until the next activation, as activate(NULL) does, but
+ * flush waiters keep waiting (for the writes after the activation). */
+void mpx__writer_pause(mpx_t *m);
 /* Ask for every local spark to be written again and stale entries of this
  * server removed (after this server was found missing, Redis restarted). */
 void mpx__writer_resync(mpx_t *m);
@@ -384,6 +387,8 @@ enum mpx__state {
 
 int mpx__lifecycle_start(mpx_t *m);
 void mpx__lifecycle_stop(mpx_t *m);
+/* Ask the heartbeat thread for a tick now (any thread). */
+void mpx__lifecycle_kick(mpx_t *m);
 /* Copy the address (empty if none) and return the state, under addr_mu. */
 int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1]);
 

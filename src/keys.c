@@ -558,14 +558,20 @@ static const char script_s_retire[] =
     "return {was, moved, gen or ''}\n";
 
 /* KEYS old_set hash shard_gens live_set; ARGV address count gen live.
- * The shard's generation marker of the address is dropped when it names
- * the generation being drained. The caller names the live generation's set
+ * When the shard's generation marker of the address names the generation
+ * being drained it becomes a tombstone, "-" + gen: a writer of that
+ * generation still running (a process that paused past its lease) is then
+ * refused by the write script instead of refilling a set nothing would
+ * drain again. A tombstone counts as no live generation; the address's next
+ * registration overwrites it. The caller names the live generation's set
  * as it believes it ("" and the old set again for none); when the shard
  * says otherwise the reply is {-2, actual} and nothing was done. */
 static const char script_s_drain[] =
     "local cur = redis.call('HGET', KEYS[3], ARGV[1])\n"
     "if cur == ARGV[3] then\n"
-    "  redis.call('HDEL', KEYS[3], ARGV[1])\n"
+    "  redis.call('HSET', KEYS[3], ARGV[1], '-' .. ARGV[3])\n"
+    "  cur = false\n"
+    "elseif cur and string.sub(cur, 1, 1) == '-' then\n"
     "  cur = false\n"
     "end\n"
     "if (cur or '') ~= ARGV[4] then return {-2, cur or ''} end\n"
@@ -593,11 +599,20 @@ static const char script_s_drain[] =
 
 /* KEYS hash own_set shard_gens; ARGV address gen nconnect ids...: the first
  * nconnect ids connect (HSET + SADD), the rest go (the field only while it
- * names the address). The shard's generation marker is set if missing
- * (it is lost with the data on a failover; registration sets it). */
+ * names the address). Only while the shard's generation marker of the
+ * address names this generation: any other value (a tombstone: this
+ * generation was retired and drained; a newer registration's generation)
+ * is refused with STALEGEN and nothing is written. A missing marker (lost
+ * with the data on a failover) is set. */
 static const char script_s_write[] =
     "local n = tonumber(ARGV[3])\n"
-    "redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2])\n"
+    "local cur = redis.call('HGET', KEYS[3], ARGV[1])\n"
+    "if not cur then\n"
+    "  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])\n"
+    "elseif cur ~= ARGV[2] then\n"
+    "  return redis.error_reply('STALEGEN generation ' .. ARGV[2] .. ' of ' .. ARGV[1] ..\n"
+    "    ' is not live in ' .. KEYS[3] .. ' (' .. cur .. ')')\n"
+    "end\n"
     "if n > 0 then\n"
     "  local kv = {}\n"
     "  for i = 4, n + 3 do\n"

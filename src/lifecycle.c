@@ -95,6 +95,8 @@ static const char *elem_str(const redisReply *r, size_t i)
 /* ---- register --------------------------------------------------------------- */
 
 /* Under life_mu; state is REGISTERING with m->address set. */
+static void kick_heartbeat(mpx_t *m);
+
 /* Sharded: mark generation `gen` as the address's live one in every shard
  * (drains of older generations then spare its sparks). */
 static int mark_shards(mpx_t *m, mpx__conn_t *c, const char *gen)
@@ -127,9 +129,13 @@ static int mark_shards(mpx_t *m, mpx__conn_t *c, const char *gen)
     return rc;
 }
 
-static int do_register(mpx_t *m, mpx__conn_t *c)
+/* *partial is set when the address was registered in Redis but a later
+ * step failed: the caller must keep trying (state REGISTERING), not give
+ * up, or the address would stay held in Redis by nobody. */
+static int do_register(mpx_t *m, mpx__conn_t *c, bool *partial)
 {
     bool sharded = m->keys.layout == MPX_LAYOUT_SHARDED;
+    *partial = false;
     char token[64];
     mpx__token(m, token);
     mpx__argv_t a;
@@ -157,6 +163,7 @@ static int do_register(mpx_t *m, mpx__conn_t *c)
         return rc;
     if (sharded && elem_int(r, 0) == 1 && (rc = mark_shards(m, c, token)) != 0) {
         freeReplyObject(r);
+        *partial = true;
         return rc;
     }
     long long status = elem_int(r, 0);
@@ -184,6 +191,11 @@ static int do_register(mpx_t *m, mpx__conn_t *c)
     }
     freeReplyObject(r);
     return rc;
+}
+
+void mpx__lifecycle_kick(mpx_t *m)
+{
+    kick_heartbeat(m);
 }
 
 static void kick_heartbeat(mpx_t *m)
@@ -214,10 +226,13 @@ int mpx_register(mpx_t *mpx, const char *address)
     } else {
         set_state(mpx, MPX__REGISTERING, canon);
         mpx->address_from_api = true;
-        rc = do_register(mpx, &mpx->life_conn);
-        if (rc == MPX_EADDRINUSE || rc == MPX_EREDIS || rc == MPX_EPROTO || rc == MPX_ENOMEM)
+        bool partial;
+        rc = do_register(mpx, &mpx->life_conn, &partial);
+        if (!partial && (rc == MPX_EADDRINUSE || rc == MPX_EREDIS || rc == MPX_EPROTO ||
+                         rc == MPX_ENOMEM || rc == MPX_EINVAL))
             set_state(mpx, MPX__UNREGISTERED, NULL);
-        /* ECONN / ETIMEDOUT: stay REGISTERING; the heartbeat retries. */
+        /* ECONN / ETIMEDOUT, or registered in Redis but not finished: stay
+         * REGISTERING; the heartbeat retries. */
     }
     pthread_mutex_unlock(&mpx->life_mu);
     if (rc == 0) {
@@ -339,7 +354,13 @@ static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen
                 continue;
             }
             long long e0 = elem_int(rep[j], 0);
-            if (e0 == -2) {
+            if (e0 == -2 && strlen(elem_str(rep[j], 1)) >= sizeof live[sh]) {
+                if (!first_err) {
+                    first_err = MPX_EPROTO;
+                    snprintf(first_msg, sizeof first_msg,
+                             "shard %u: the generation marker is not one of ours", sh);
+                }
+            } else if (e0 == -2) {
                 snprintf(live[sh], sizeof live[sh], "%s", elem_str(rep[j], 1));
                 act[keep++] = sh;
             } else if (e0 < 0 || elem_int(rep[j], 1) < 0 || elem_int(rep[j], 2) < 0) {
@@ -641,17 +662,23 @@ static void tick(mpx_t *m, hb_state_t *hs)
     c->run_id_changed = false;
 
     if (m->state == MPX__REGISTERING) {
-        rc = do_register(m, c);
+        bool partial;
+        rc = do_register(m, c, &partial);
         if (rc == 0) {
             mpx__emit_register(m, m->address);
             hs->drains_pending = true;
             restarted = false;
-        } else if (rc == MPX_EADDRINUSE && m->address_from_api) {
+        } else if (!partial && ((rc == MPX_EADDRINUSE && m->address_from_api) ||
+                                rc == MPX_EINVAL)) {
             /* mpx_register said EADDRINUSE is final for an address it was
              * given: stop trying rather than take it once the holder's
-             * lease lapses. */
+             * lease lapses. A layout mismatch (EINVAL) needs an operator.
+             * The writer stops (it may still run after a re-registration
+             * failed); the address stays known so that mpx_unregister
+             * forgets the local sparks. */
             mpx__report(m, rc, "registration given up: %s", mpx_last_error());
-            set_state(m, MPX__UNREGISTERED, NULL);
+            mpx__writer_activate(m, NULL, NULL);
+            set_state(m, MPX__UNREGISTERED, m->address);
             return;
         } else {
             uint64_t now = mpx__now_ms();
@@ -706,8 +733,13 @@ static void tick(mpx_t *m, hb_state_t *hs)
                     "heartbeat: %s was missing from the servers set (reaped, or Redis lost its "
                     "data); registering again and rewriting %zu local sparks",
                     m->address, own_count(m));
+        /* Nothing may be written under the retired generation meanwhile:
+         * stop the writer (a failed registration leaves it stopped; a
+         * successful one restarts it under the new generation). */
+        mpx__writer_pause(m);
         set_state(m, MPX__REGISTERING, m->address);
-        if ((rc = do_register(m, c)) == 0) {
+        bool partial;
+        if ((rc = do_register(m, c, &partial)) == 0) {
             mpx__emit_register(m, m->address);
             hs->drains_pending = true;
         } else {

@@ -464,7 +464,18 @@ static bool write_cycle_sharded(mpx_t *m, mpx__writer_t *w, const char *addr, co
             size_t left = 0;
             for (size_t i = 0; i < b->ng; i++)
                 left += b->g[i].done ? 0 : b->g[i].n;
-            mpx__report(m, rc, "writer: %s (%zu changes kept, retrying)", mpx_last_error(), left);
+            if (strstr(mpx_last_error(), "STALEGEN")) {
+                /* This registration was retired (a pause past the lease)
+                 * and drained, or replaced: the heartbeat registers again
+                 * and the writer restarts under the new generation. */
+                if (attempt == 0)
+                    mpx__report(m, rc, "writer: %s; %zu changes kept until this server is "
+                                "registered again", mpx_last_error(), left);
+                mpx__lifecycle_kick(m);
+            } else {
+                mpx__report(m, rc, "writer: %s (%zu changes kept, retrying)", mpx_last_error(),
+                            left);
+            }
             if (give_up(w, backoff)) {
                 ok = false;
                 break;
@@ -755,7 +766,19 @@ int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms)
     return rc;
 }
 
+static void activate(mpx_t *m, const char *addr, const char *gen, bool pause);
+
 void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen)
+{
+    activate(m, addr, gen, false);
+}
+
+void mpx__writer_pause(mpx_t *m)
+{
+    activate(m, NULL, NULL, true);
+}
+
+static void activate(mpx_t *m, const char *addr, const char *gen, bool pause)
 {
     mpx__writer_t *w = m->writer;
     pthread_mutex_lock(&w->mu);
@@ -770,9 +793,11 @@ void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen)
         pthread_cond_broadcast(&w->cond);
         while (w->busy)
             pthread_cond_wait(&w->done, &w->mu);
-        /* Nothing to write any more: release flush waiters. */
-        w->completed = w->requested;
-        pthread_cond_broadcast(&w->done);
+        if (!pause) {
+            /* Nothing to write any more: release flush waiters. */
+            w->completed = w->requested;
+            pthread_cond_broadcast(&w->done);
+        }
     }
     pthread_mutex_unlock(&w->mu);
 }
