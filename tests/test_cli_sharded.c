@@ -298,6 +298,23 @@ static redisReply *db_vcmd(db_t *d, bool may_fail, const char *fmt, va_list ap)
     return r;
 }
 
+/* Markers of shard s that are not tombstones ("-gen", left by a drain). */
+static long long live_markers(db_t *d, uint32_t s)
+{
+    mpx__argv_t a;
+    mpx__argv_init(&a);
+    mpx__argv_push(&a, "HVALS", 5);
+    mpx__key_shard_gens(&d->k, s, &a);
+    redisReply *r = NULL;
+    cr_assert_eq(mpx__conn_command(&d->c, &a, &r), 0, "%s", mpx_last_error());
+    mpx__argv_free(&a);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++)
+        n += r->element[i]->str[0] != '-';
+    freeReplyObject(r);
+    return n;
+}
+
 static void db_cmd(db_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void db_cmd(db_t *d, const char *fmt, ...)
 {
@@ -564,7 +581,11 @@ static void clean_registry(int cluster)
     EXPECT_RC(r, 0);
     run_free(&r);
 
+    /* Unregistered: the drain's tombstone markers are not damage. */
     mpx_unregister(live_mpx);
+    r = cli(url, ns, "check", NULL);
+    EXPECT_RC(r, 0);
+    run_free(&r);
     db_close(&d);
 }
 
@@ -747,7 +768,8 @@ static void each_damage(int cluster)
     for (uint32_t s = 0; s < NS_; s++) {
         db_str(&d, v, sizeof v, "HGET %s %s", k_marker(&d, s), A);
         cr_assert_str_eq(v, L, "shard %u marker", s);
-        cr_assert_eq(db_int(&d, "HLEN %s", k_marker(&d, s)), 2, "shard %u markers", s);
+        /* Two live markers; the drains repair ran may leave tombstones. */
+        cr_assert_eq(live_markers(&d, s), 2, "shard %u live markers", s);
     }
     /* A, and 10.0.0.12 (live) registered again */
     cr_assert_eq(db_int(&d, "SCARD %s", d.k.servers), 2);
