@@ -1,7 +1,14 @@
 /* support.c - see support.h. */
 #include "support.h"
+#include "internal.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -189,4 +196,150 @@ void *t_ping_loop(void *arg)
     }
     redisFree(c);
     return NULL;
+}
+
+/* ---- the test cluster ------------------------------------------------------ */
+
+const char *t_cluster_url(void)
+{
+    const char *u = getenv("MPX_TEST_CLUSTER_URL");
+    if (u && *u)
+        return u;
+    const char *req = getenv("MPX_TEST_REQUIRE_CLUSTER");
+    if (req && strcmp(req, "1") == 0)
+        cr_assert_fail("MPX_TEST_CLUSTER_URL is not set (tools/test.sh starts a cluster)");
+    cr_skip_test("MPX_TEST_CLUSTER_URL not set: the test command starts a local cluster "
+                 "(tools/cluster.sh)");
+    return NULL;
+}
+
+void t_lock_cluster(void)
+{
+    const char *url = t_cluster_url();
+    char path[256];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(path, sizeof path, "%s/mpx-test-cluster-%016llx.lock", tmp && *tmp ? tmp : "/tmp",
+             (unsigned long long)mpx__hash(url, strlen(url)));
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
+    while (flock(fd, LOCK_EX) != 0)
+        cr_assert_eq(errno, EINTR, "flock %s: %s", path, strerror(errno));
+    /* fd stays open: the lock lasts until the test's process exits */
+}
+
+/* ---- the operator CLI ------------------------------------------------------- */
+
+static const char *cli_path(void)
+{
+    static char path[4200];
+    if (path[0])
+        return path;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    cr_assert(n > 0, "readlink /proc/self/exe: %s", strerror(errno));
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    cr_assert(slash);
+    *slash = 0;
+    snprintf(path, sizeof path, "%s/../bin/metroplex", exe);
+    cr_assert(access(path, X_OK) == 0, "CLI not built: %s", path);
+    return path;
+}
+
+static char *slurp(int fd)
+{
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    cr_assert(buf);
+    lseek(fd, 0, SEEK_SET);
+    for (;;) {
+        if (len + 4096 >= cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            cr_assert(buf);
+        }
+        ssize_t r = read(fd, buf + len, cap - len - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    buf[len] = 0;
+    return buf;
+}
+
+static int tmpfile_fd(void)
+{
+    char name[] = "/tmp/mpx-cli-test-XXXXXX";
+    int fd = mkstemp(name);
+    cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
+    unlink(name);
+    return fd;
+}
+
+t_run_t t_cli_v(const char *url, const char *ns, unsigned timeout_ms, va_list ap)
+{
+    const char *argv[128];
+    int argc = 0;
+    argv[argc++] = cli_path();
+    if (ns) {
+        argv[argc++] = "--redis";
+        argv[argc++] = url;
+        argv[argc++] = "--namespace";
+        argv[argc++] = ns;
+    }
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 126)
+        argv[argc++] = a;
+    argv[argc] = NULL;
+    int ofd = tmpfile_fd(), efd = tmpfile_fd();
+    uint64_t t0 = t_now_ms();
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(ofd, 1);
+        dup2(efd, 2);
+        int dn = open("/dev/null", O_RDONLY);
+        if (dn >= 0)
+            dup2(dn, 0);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid)
+            break;
+        if (t_now_ms() - t0 > timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
+        t_sleep_ms(5);
+    }
+    t_run_t r;
+    r.ms = t_now_ms() - t0;
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    r.out = slurp(ofd);
+    r.err = slurp(efd);
+    close(ofd);
+    close(efd);
+    return r;
+}
+
+void t_run_free(t_run_t *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+int t_count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
 }

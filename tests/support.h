@@ -12,6 +12,7 @@
 #define MPX_TEST_SUPPORT_H
 
 #include <hiredis/hiredis.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -45,6 +46,30 @@ typedef struct t_pinger {
     uint64_t worst_us, count;
 } t_pinger_t;
 void *t_ping_loop(void *pinger);
+/* URL of the test Redis Cluster (MPX_TEST_CLUSTER_URL, started by the test
+ * command). Unset: the test is skipped, or fails when
+ * MPX_TEST_REQUIRE_CLUSTER=1 (as the test command sets). */
+const char *t_cluster_url(void);
+/* One test at a time against the test cluster (some fail it over or reshard
+ * it): an exclusive lock held until the test's process exits. */
+void t_lock_cluster(void);
+
+/* Running the operator CLI (build/bin/metroplex, next to the test's bin/). */
+typedef struct t_run {
+    int status; /* exit code, or 128 + signal */
+    char *out, *err;
+    uint64_t ms;
+} t_run_t;
+/* The CLI with --redis url --namespace ns (ns NULL: neither), then the
+ * NULL-terminated arguments in ap; killed after timeout_ms. */
+t_run_t t_cli_v(const char *url, const char *ns, unsigned timeout_ms, va_list ap);
+void t_run_free(t_run_t *r);
+/* Occurrences of needle in hay. */
+int t_count_of(const char *hay, const char *needle);
+#define T_EXPECT_RC(r, want)                                                               \
+    cr_assert_eq((r).status, (want), "exit %d (want %d)\nstdout: %s\nstderr: %s", (r).status, \
+                 (want), (r).out, (r).err)
+
 /* Monotonic milliseconds. */
 uint64_t t_now_ms(void);
 /* Sleep. */

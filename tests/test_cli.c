@@ -36,140 +36,14 @@
 /* Running the CLI                                                          */
 /* ------------------------------------------------------------------------ */
 
-static const char *cli_path(void)
-{
-    static char path[4200];
-    if (path[0])
-        return path;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    cr_assert(n > 0, "readlink /proc/self/exe: %s", strerror(errno));
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    cr_assert(slash);
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/../bin/metroplex", exe);
-    cr_assert(access(path, X_OK) == 0, "CLI not built: %s", path);
-    return path;
-}
-
-typedef struct run {
-    int status; /* exit code, or 128 + signal */
-    char *out, *err;
-    uint64_t ms;
-} run_t;
-
-static char *slurp(int fd)
-{
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    cr_assert(buf);
-    lseek(fd, 0, SEEK_SET);
-    for (;;) {
-        if (len + 4096 >= cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            cr_assert(buf);
-        }
-        ssize_t r = read(fd, buf + len, cap - len - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    buf[len] = 0;
-    return buf;
-}
-
-static int tmpfile_fd(void)
-{
-    char name[] = "/tmp/mpx-cli-test-XXXXXX";
-    int fd = mkstemp(name);
-    cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
-    unlink(name);
-    return fd;
-}
-
-/* Run the CLI with --redis URL --namespace NS (ns NULL: neither), then the
- * NULL-terminated arguments. Killed after timeout_ms. */
-static run_t cli_v(const char *ns, unsigned timeout_ms, va_list ap)
-{
-    const char *argv[128];
-    int argc = 0;
-    argv[argc++] = cli_path();
-    if (ns) {
-        argv[argc++] = "--redis";
-        argv[argc++] = t_redis_url();
-        argv[argc++] = "--namespace";
-        argv[argc++] = ns;
-    }
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && argc < 126)
-        argv[argc++] = a;
-    argv[argc] = NULL;
-    int ofd = tmpfile_fd(), efd = tmpfile_fd();
-    uint64_t t0 = t_now_ms();
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(ofd, 1);
-        dup2(efd, 2);
-        int dn = open("/dev/null", O_RDONLY);
-        if (dn >= 0)
-            dup2(dn, 0);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &st, WNOHANG);
-        if (w == pid)
-            break;
-        if (t_now_ms() - t0 > timeout_ms) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            break;
-        }
-        t_sleep_ms(5);
-    }
-    run_t r;
-    r.ms = t_now_ms() - t0;
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r.out = slurp(ofd);
-    r.err = slurp(efd);
-    close(ofd);
-    close(efd);
-    return r;
-}
-
-static run_t cli(const char *ns, ...)
+/* The CLI against the shared test server (tests/support.c runs it). */
+static t_run_t cli(const char *ns, ...)
 {
     va_list ap;
     va_start(ap, ns);
-    run_t r = cli_v(ns, 120000, ap);
+    t_run_t r = t_cli_v(t_redis_url(), ns, 120000, ap);
     va_end(ap);
     return r;
-}
-
-static void run_free(run_t *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-#define EXPECT_RC(r, want)                                                                 \
-    cr_assert_eq((r).status, (want), "exit %d (want %d)\nstdout: %s\nstderr: %s", (r).status, \
-                 (want), (r).out, (r).err)
-
-static int count_of(const char *hay, const char *needle)
-{
-    int n = 0;
-    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
 }
 
 static void rcmd(redisContext *c, const char *fmt, ...)
@@ -224,41 +98,41 @@ TestSuite(cli, .init = cli_init, .fini = cli_fini, .timeout = 180);
 
 Test(cli, help_usage_and_errors)
 {
-    run_t r = cli(NULL, "--help", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(NULL, "--help", NULL);
+    T_EXPECT_RC(r, 0);
     const char *words[] = {"servers", "spark ID", "stats",   "check",     "repair", "reap",
                            "watch",   "--redis",  "--namespace", "--json", "--interval",
                            "--dry-run", "Exit status"};
     for (size_t i = 0; i < sizeof words / sizeof *words; i++)
         cr_assert(strstr(r.out, words[i]), "--help lacks %s", words[i]);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(NULL, NULL);
-    EXPECT_RC(r, 2);
-    cr_assert_eq(count_of(r.err, "\n"), 1, "one line: %s", r.err);
-    run_free(&r);
+    T_EXPECT_RC(r, 2);
+    cr_assert_eq(t_count_of(r.err, "\n"), 1, "one line: %s", r.err);
+    t_run_free(&r);
 
     r = cli(NULL, "frobnicate", NULL);
-    EXPECT_RC(r, 2);
+    T_EXPECT_RC(r, 2);
     cr_assert(strstr(r.err, "unknown command"), "%s", r.err);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(NULL, "--interval", "abc", "check", NULL);
-    EXPECT_RC(r, 2);
-    run_free(&r);
+    T_EXPECT_RC(r, 2);
+    t_run_free(&r);
 
     r = cli(NULL, "--dry-run", "check", NULL);
-    EXPECT_RC(r, 2);
-    run_free(&r);
+    T_EXPECT_RC(r, 2);
+    t_run_free(&r);
 
     /* nothing listens there: connection error, exit 2, one line */
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_proc_free_port());
     r = cli(NULL, "--redis", url, "servers", NULL);
-    EXPECT_RC(r, 2);
-    cr_assert_eq(count_of(r.err, "\n"), 1, "one line: %s", r.err);
+    T_EXPECT_RC(r, 2);
+    cr_assert_eq(t_count_of(r.err, "\n"), 1, "one line: %s", r.err);
     cr_assert_eq(r.out[0], 0);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -287,13 +161,13 @@ Test(cli, servers_spark_stats_watch_reap)
         rcmd(c, "SADD %s:%s:sparks D%d", ns, dead, i);
     }
 
-    run_t r = cli(ns, "servers", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(ns, "servers", NULL);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, live) && strstr(r.out, dead), "%s", r.out);
     cr_assert(strstr(r.out, "2 servers: 1 live, 1 dead"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "--json", "servers", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     char want[256];
     snprintf(want, sizeof want, "{\"address\":\"%s\",\"live\":true,\"sparks\":50,\"age_ms\":", live);
     cr_assert(strstr(r.out, want), "%s", r.out);
@@ -302,61 +176,61 @@ Test(cli, servers_spark_stats_watch_reap)
              dead);
     cr_assert(strstr(r.out, want), "%s", r.out);
     cr_assert(strstr(r.out, "\"total\":2,\"live\":1,\"dead\":1"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(ns, "spark", "L3", "D2", "nope", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     snprintf(want, sizeof want, "L3\t%s\nD2\t%s\nnope\t-\n", live, dead);
     cr_assert_str_eq(r.out, want);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "-j", "spark", "L3", "nope", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     snprintf(want, sizeof want,
              "\"sparks\":[{\"id\":\"L3\",\"server\":\"%s\"},{\"id\":\"nope\",\"server\":null}],"
              "\"unknown\":1}",
              live);
     cr_assert(strstr(r.out, want), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(ns, "--json", "stats", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"servers\":2,\"live\":1,\"dead\":1,\"sparks\":57,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"memory_bytes\":"), "%s", r.out);
     snprintf(want, sizeof want, "\"largest\":[{\"address\":\"%s\",\"sparks\":50,\"live\":true}",
              live);
     cr_assert(strstr(r.out, want), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "stats", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "sparks          57"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(ns, "--json", "watch", "--count", "2", NULL);
-    EXPECT_RC(r, 0);
-    cr_assert_eq(count_of(r.out, "\n"), 2, "%s", r.out);
+    T_EXPECT_RC(r, 0);
+    cr_assert_eq(t_count_of(r.out, "\n"), 2, "%s", r.out);
     cr_assert(strstr(r.out, "\"tick\":0,") && strstr(r.out, "\"tick\":1,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"sparks\":57,\"sparks_per_s\":null"), "%s", r.out);
     cr_assert(strstr(r.out, "\"sparks\":57,\"sparks_per_s\":0.0"), "%s", r.out);
     cr_assert_geq(r.ms, 900, "refreshed every second");
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "watch", "-c", "1", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "servers 2 (1 live)  sparks 57"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(ns, "--json", "reap", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"reaped\":1,\"sparks_removed\":7"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     cr_assert_eq(t_int(c, "SISMEMBER %s:servers %s", ns, dead), 0);
     cr_assert_eq(t_int(c, "HLEN %s:sparks", ns), 50);
     r = cli(ns, "reap", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "reaped 0 servers"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     mpx_unregister(live_mpx);
     redisFree(c);
 }
@@ -381,10 +255,10 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
     cr_assert_eq(mpx_flush(live_mpx, 5000), 0);
     redisContext *c = t_connect(NULL);
 
-    run_t r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(ns, "check", NULL);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "check: 0 problems"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* hash-not-in-set: a live server's entry missing from its set */
     rcmd(c, "SREM %s:%s:sparks a1", ns, A);
@@ -410,7 +284,7 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
     rcmd(c, "HSET %s:sparks asd1 http://10.0.0.8:1", ns);
 
     r = cli(ns, "--json", "check", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     const char *expect[] = {
         "{\"kind\":\"hash-not-in-set\",\"address\":\"http://127.0.0.1:9311\",\"id\":\"a1\",",
         "{\"kind\":\"hash-unregistered\",\"address\":\"http://10.0.0.3:1\",\"id\":\"orphan1\",",
@@ -433,35 +307,35 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
     for (size_t i = 0; i < sizeof expect / sizeof *expect; i++)
         cr_assert(strstr(r.out, expect[i]), "missing %s in %s", expect[i], r.out);
     cr_assert(strstr(r.out, "\"problems\":14,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* a dry run changes nothing */
     long long hlen = t_int(c, "HLEN %s:sparks", ns);
     r = cli(ns, "repair", "--dry-run", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "would delete"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     cr_assert_eq(t_int(c, "HLEN %s:sparks", ns), hlen);
     cr_assert_eq(t_int(c, "SISMEMBER %s:%s:sparks ghost1", ns, A), 1);
 
     /* --no-wait: the dead server stays, so something remains: exit 1 */
     r = cli(ns, "repair", "--no-wait", NULL);
-    EXPECT_RC(r, 1);
-    run_free(&r);
+    T_EXPECT_RC(r, 1);
+    t_run_free(&r);
     cr_assert_eq(t_int(c, "SISMEMBER %s:servers http://10.0.0.7:1", ns), 1);
 
     uint64_t t0 = t_now_ms();
     r = cli(ns, "--json", "--interval", "400", "repair", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert_geq(t_now_ms() - t0, 400, "waited --interval before reaping");
     cr_assert(strstr(r.out, "\"action\":\"reaped\""), "%s", r.out);
     cr_assert(strstr(r.out, "\"remaining\":0,\"reaped\":1,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "check: 0 problems"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* the live server's sparks are all there; the damage is gone */
     for (int i = 0; i < 20; i++) {
@@ -581,20 +455,20 @@ Test(cli, a_keyspace_written_by_the_node_original)
         buf[len] = 0;
     }
 
-    run_t r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    t_run_t r = cli(ns, "check", NULL);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     r = cli(ns, "--json", "servers", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     char want[256];
     snprintf(want, sizeof want, "{\"address\":\"%s\",\"live\":true,\"sparks\":4,", addr);
     cr_assert(strstr(r.out, want), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "spark", "n3", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     snprintf(want, sizeof want, "n3\t%s\n", addr);
     cr_assert_str_eq(r.out, want);
-    run_free(&r);
+    t_run_free(&r);
 
     /* the Node server dies: its alive key expires, check reports it */
     kill(child_pid, SIGKILL);
@@ -608,15 +482,15 @@ Test(cli, a_keyspace_written_by_the_node_original)
         t_sleep_ms(50);
     }
     r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "server-no-alive http://127.0.0.1:9321"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(ns, "--interval", "1000", "repair", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     cr_assert_eq(t_int(c, "HLEN %s:sparks", ns), 0);
     cr_assert_eq(t_int(c, "SCARD %s:servers", ns), 0);
     redisFree(c);
@@ -690,14 +564,14 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
     pthread_create(&th, NULL, churn_main, &ch);
     t_sleep_ms(100);
     /* small chunks: many script calls interleaved with the writer */
-    run_t r = cli(ns, "--chunk", "50", "repair", "--no-wait", NULL);
+    t_run_t r = cli(ns, "--chunk", "50", "repair", "--no-wait", NULL);
     t_sleep_ms(100);
     atomic_store(&ch.stop, true);
     pthread_join(th, NULL);
     cr_assert_eq(mpx_flush(live_mpx, 10000), 0);
     cr_assert(r.status == 0 || r.status == 1, "exit %d: %s %s", r.status, r.out, r.err);
     cr_assert(strstr(r.out, "removed from the set") && strstr(r.out, "deleted"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* every live spark is in the hash and in the set; nothing else is */
     long long connected = 0;
@@ -718,8 +592,8 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
      * writer again may still be missing: a second repair adds them (the
      * first one may have scanned before the damage of a few) */
     r = cli(ns, "repair", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     for (int i = 0; i < CHURN_IDS; i++) {
         if (!ch.state[i])
             continue;
@@ -730,8 +604,8 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
     cr_assert_eq(t_int(c, "HLEN %s:sparks", ns), connected);
     cr_assert_eq(t_int(c, "SCARD %s:%s:sparks", ns, A), connected);
     r = cli(ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     fprintf(stderr, "cli repair under writes: %llu connect/disconnect calls during the run\n",
             (unsigned long long)ch.ops);
     mpx_unregister(live_mpx);
@@ -762,21 +636,21 @@ Test(cli_large, check_over_a_million_sparks_keeps_redis_responsive, .timeout = 6
     pthread_t th;
     pthread_create(&th, NULL, t_ping_loop, &p);
     t_sleep_ms(50);
-    run_t r = cli(ns, "--json", "check", NULL);
+    t_run_t r = cli(ns, "--json", "check", NULL);
     t_sleep_ms(50);
     atomic_store(&p.stop, true);
     pthread_join(th, NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "\"problems\":10,"), "%.2000s", r.out);
-    cr_assert_eq(count_of(r.out, "\"kind\":\"hash-unregistered\""), 5);
-    cr_assert_eq(count_of(r.out, "\"kind\":\"set-stale\""), 5);
+    cr_assert_eq(t_count_of(r.out, "\"kind\":\"hash-unregistered\""), 5);
+    cr_assert_eq(t_count_of(r.out, "\"kind\":\"set-stale\""), 5);
     cr_assert_gt(p.count, 10, "the pinger ran");
     fprintf(stderr,
             "cli check: %d sparks planted in %llu ms; check took %llu ms (chunk 1000); "
             "%llu PINGs, worst PING wait %.1f ms\n",
             n, (unsigned long long)planted_ms, (unsigned long long)r.ms,
             (unsigned long long)p.count, p.worst_us / 1000.0);
-    run_free(&r);
+    t_run_free(&r);
     rcmd(c, "DEL %s:sparks %s:%s:sparks %s:servers %s:%s", ns, ns, addr, ns, ns, addr);
     redisFree(c);
 }

@@ -46,164 +46,22 @@
 
 static const char *target_url(int cluster)
 {
-    if (!cluster)
-        return t_redis_url();
-    const char *u = getenv("MPX_TEST_CLUSTER_URL");
-    if (u && *u)
-        return u;
-    const char *req = getenv("MPX_TEST_REQUIRE_CLUSTER");
-    if (req && strcmp(req, "1") == 0)
-        cr_assert_fail("MPX_TEST_CLUSTER_URL is not set (tools/test.sh starts a cluster)");
-    cr_skip_test("MPX_TEST_CLUSTER_URL not set: the test command starts a local cluster");
-    return NULL;
-}
-
-/* The lock of tests/test_cluster.c (same file name): held until exit. */
-static void lock_cluster(const char *url)
-{
-    char path[256];
-    const char *tmp = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/mpx-test-cluster-%016llx.lock", tmp && *tmp ? tmp : "/tmp",
-             (unsigned long long)mpx__hash(url, strlen(url)));
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
-    while (flock(fd, LOCK_EX) != 0)
-        cr_assert_eq(errno, EINTR, "flock %s: %s", path, strerror(errno));
+    return cluster ? t_cluster_url() : t_redis_url();
 }
 
 /* ------------------------------------------------------------------------ */
 /* Running the CLI                                                          */
 /* ------------------------------------------------------------------------ */
 
-static const char *cli_path(void)
+static t_run_t cli(const char *url, const char *ns, ...)
 {
-    static char path[4200];
-    if (path[0])
-        return path;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    cr_assert(n > 0, "readlink /proc/self/exe: %s", strerror(errno));
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    cr_assert(slash);
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/../bin/metroplex", exe);
-    cr_assert(access(path, X_OK) == 0, "CLI not built: %s", path);
-    return path;
-}
-
-typedef struct run {
-    int status; /* exit code, or 128 + signal */
-    char *out, *err;
-    uint64_t ms;
-} run_t;
-
-static char *slurp(int fd)
-{
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    cr_assert(buf);
-    lseek(fd, 0, SEEK_SET);
-    for (;;) {
-        if (len + 4096 >= cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            cr_assert(buf);
-        }
-        ssize_t r = read(fd, buf + len, cap - len - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    buf[len] = 0;
-    return buf;
-}
-
-static int tmpfile_fd(void)
-{
-    char name[] = "/tmp/mpx-cli-sharded-XXXXXX";
-    int fd = mkstemp(name);
-    cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
-    unlink(name);
-    return fd;
-}
-
-/* The CLI with --redis url --namespace ns (ns NULL: neither), then the
- * NULL-terminated arguments; killed after 300 s. */
-static run_t cli(const char *url, const char *ns, ...)
-{
-    const char *argv[128];
-    int argc = 0;
-    argv[argc++] = cli_path();
-    if (ns) {
-        argv[argc++] = "--redis";
-        argv[argc++] = url;
-        argv[argc++] = "--namespace";
-        argv[argc++] = ns;
-    }
     va_list ap;
     va_start(ap, ns);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && argc < 126)
-        argv[argc++] = a;
+    t_run_t r = t_cli_v(url, ns, 300000, ap);
     va_end(ap);
-    argv[argc] = NULL;
-    int ofd = tmpfile_fd(), efd = tmpfile_fd();
-    uint64_t t0 = t_now_ms();
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(ofd, 1);
-        dup2(efd, 2);
-        int dn = open("/dev/null", O_RDONLY);
-        if (dn >= 0)
-            dup2(dn, 0);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &st, WNOHANG);
-        if (w == pid)
-            break;
-        if (t_now_ms() - t0 > 300000) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            break;
-        }
-        t_sleep_ms(5);
-    }
-    run_t r;
-    r.ms = t_now_ms() - t0;
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r.out = slurp(ofd);
-    r.err = slurp(efd);
-    close(ofd);
-    close(efd);
     return r;
 }
 
-static void run_free(run_t *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-#define EXPECT_RC(r, want)                                                                 \
-    cr_assert_eq((r).status, (want), "exit %d (want %d)\nstdout: %s\nstderr: %s", (r).status, \
-                 (want), (r).out, (r).err)
-
-static int count_of(const char *hay, const char *needle)
-{
-    int n = 0;
-    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Direct access: the library's connection and key names                    */
@@ -432,7 +290,7 @@ static const char *setup(int cluster, uint32_t shards, mpx_options_t *o)
     signal(SIGPIPE, SIG_IGN);
     const char *url = target_url(cluster);
     if (cluster)
-        lock_cluster(url);
+        t_lock_cluster();
     t_options(o, url);
     o->layout = MPX_LAYOUT_SHARDED;
     o->shards = shards;
@@ -472,18 +330,18 @@ static void clean_registry(int cluster)
     db_open(&d, url, ns, 16);
 
     /* the layout is read from {ns}:layout (no --layout needed) */
-    run_t r = cli(url, ns, "--json", "check", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(url, ns, "--json", "check", NULL);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"layout\":\"sharded\",\"shards\":16"), "%s", r.out);
     cr_assert(strstr(r.out, "\"problems\":0,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"hash_entries\":200,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"set_members\":200,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* a dead server as the library leaves one (crashed: no alive key) */
     plant_server(&d, D, "deadgen-1", "D", 7, 0);
     r = cli(url, ns, "--json", "servers", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     char want[512];
     snprintf(want, sizeof want, "{\"address\":\"%s\",\"live\":true,\"sparks\":200,\"age_ms\":", A);
     cr_assert(strstr(r.out, want), "%s", r.out);
@@ -495,20 +353,20 @@ static void clean_registry(int cluster)
              D);
     cr_assert(strstr(r.out, want), "%s", r.out);
     cr_assert(strstr(r.out, "\"total\":2,\"live\":1,\"dead\":1"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(url, ns, "servers", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "2 servers: 1 live, 1 dead"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(url, ns, "spark", "L1", "D2", "L3", "nope", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     snprintf(want, sizeof want, "L1\t%s\nD2\t%s\nL3\t-\nnope\t-\n", A, D);
     cr_assert_str_eq(r.out, want);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(url, ns, "--json", "stats", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"servers\":2,\"live\":1,\"dead\":1,\"sparks\":207,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"generations\":"), "%s", r.out);
     snprintf(want, sizeof want, "\"largest\":[{\"address\":\"%s\",\"sparks\":200,\"live\":true}",
@@ -516,76 +374,76 @@ static void clean_registry(int cluster)
     cr_assert(strstr(r.out, want), "%s", r.out);
     /* every shard's hash is counted in the memory figures */
     cr_assert(!strstr(r.out, "\"sparks_hash\":0,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(url, ns, "--json", "watch", "--count", "1", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"servers\":2,\"live\":1,\"sparks\":207,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* the dead server is found by check, then reaped by `reap` */
     r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     snprintf(want, sizeof want, "server-no-alive %s", D);
     cr_assert(strstr(r.out, want), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(url, ns, "--json", "reap", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"reaped\":1,\"sparks_removed\":7"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     cr_assert_eq(db_int(&d, "SISMEMBER %s %s", d.k.servers, D), 0);
     cr_assert_eq(hlen_all(&d), 200);
     cr_assert_eq(scard_all(&d, D, "deadgen-1"), 0);
     r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "check: 0 problems"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* layout options */
     r = cli(url, ns, "--shards", "32", "check", NULL);
-    EXPECT_RC(r, 2);
+    T_EXPECT_RC(r, 2);
     cr_assert(strstr(r.err, "16 shards"), "%s", r.err);
-    cr_assert_eq(count_of(r.err, "\n"), 1, "one line: %s", r.err);
-    run_free(&r);
+    cr_assert_eq(t_count_of(r.err, "\n"), 1, "one line: %s", r.err);
+    t_run_free(&r);
     if (cluster) {
         r = cli(url, ns, "--layout", "node", "check", NULL);
-        EXPECT_RC(r, 2);
+        T_EXPECT_RC(r, 2);
         cr_assert(strstr(r.err, "cannot run on Redis Cluster"), "%s", r.err);
-        run_free(&r);
+        t_run_free(&r);
     } else {
         /* the node layout of the same namespace is empty */
         r = cli(url, ns, "--layout", "node", "--json", "stats", NULL);
-        EXPECT_RC(r, 0);
+        T_EXPECT_RC(r, 0);
         cr_assert(strstr(r.out, "\"layout\":\"node\""), "%s", r.out);
         cr_assert(strstr(r.out, "\"servers\":0,\"live\":0,\"dead\":0,\"sparks\":0,"), "%s",
                   r.out);
-        run_free(&r);
+        t_run_free(&r);
     }
     r = cli(url, ns, "--layout", "diagonal", "check", NULL);
-    EXPECT_RC(r, 2);
-    run_free(&r);
+    T_EXPECT_RC(r, 2);
+    t_run_free(&r);
 
     /* an empty namespace: sharded on request, with the default 64 shards */
     const char *empty = t_ns();
     r = cli(url, empty, "--layout", "sharded", "--json", "check", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"layout\":\"sharded\",\"shards\":64"), "%s", r.out);
     cr_assert(strstr(r.err, "assuming 64"), "%s", r.err);
-    run_free(&r);
+    t_run_free(&r);
     /* repair never guesses the shard count */
     r = cli(url, empty, "--layout", "sharded", "repair", NULL);
-    EXPECT_RC(r, 2);
+    T_EXPECT_RC(r, 2);
     cr_assert(strstr(r.err, "give --shards"), "%s", r.err);
-    run_free(&r);
+    t_run_free(&r);
     r = cli(url, empty, "--shards", "64", "repair", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
 
     /* Unregistered: the drain's tombstone markers are not damage. */
     mpx_unregister(live_mpx);
     r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     db_close(&d);
 }
 
@@ -623,10 +481,10 @@ static void each_damage(int cluster)
     db_t d;
     db_open(&d, url, ns, NS_);
 
-    run_t r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(url, ns, "check", NULL);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "check: 0 problems"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* hash-not-in-set (server live): a1 missing from its set */
     db_cmd(&d, "SREM %s a1", k_own(&d, shard(&d, "a1"), A, L));
@@ -667,7 +525,7 @@ static void each_damage(int cluster)
     db_cmd(&d, "HSET %s dead3 http://10.0.0.7:1", k_hash(&d, shard(&d, "dead3")));
 
     r = cli(url, ns, "--json", "check", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     char want[32][300];
     int nw = 0;
 #define W(...) snprintf(want[nw++], sizeof want[0], __VA_ARGS__)
@@ -709,19 +567,19 @@ static void each_damage(int cluster)
                             "\"marker-wrong\":1,\"server-no-gen\":1,\"gen-unregistered\":2,"
                             "\"drain-live\":1}"),
               "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     /* the text form lists them too */
     r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "check: 20 problems"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* a dry run changes nothing */
     long long hlen = hlen_all(&d);
     r = cli(url, ns, "repair", "--dry-run", NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "would delete"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     cr_assert_eq(hlen_all(&d), hlen);
     cr_assert_eq(member(&d, A, L, "ghost1"), 1);
     cr_assert_eq(member(&d, A, L, "a1"), 0);
@@ -735,23 +593,23 @@ static void each_damage(int cluster)
 
     /* --no-wait: the dead servers stay, so something remains: exit 1 */
     r = cli(url, ns, "repair", "--no-wait", NULL);
-    EXPECT_RC(r, 1);
-    run_free(&r);
+    T_EXPECT_RC(r, 1);
+    t_run_free(&r);
     cr_assert_eq(db_int(&d, "SISMEMBER %s http://10.0.0.7:1", d.k.servers), 1);
 
     uint64_t t0 = t_now_ms();
     r = cli(url, ns, "--json", "--interval", "400", "repair", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert_geq(t_now_ms() - t0, 400, "waited --interval before reaping");
     cr_assert(strstr(r.out, "\"action\":\"reaped\""), "%s", r.out);
     cr_assert(strstr(r.out, "\"remaining\":0,\"reaped\":2,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     r = cli(url, ns, "--json", "check", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"problems\":0,"), "%s", r.out);
     cr_assert(strstr(r.out, "\"drains_pending\":0,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* the live server's sparks are all there; the damage is gone */
     char v[128];
@@ -823,22 +681,22 @@ static void draining(int cluster)
         snprintf(id, sizeof id, "x%d", i);
         db_cmd(&d, "SADD %s %s", k_own(&d, shard(&d, id), A, "g-new"), id);
     }
-    run_t r = cli(url, ns, "--layout", "sharded", "--shards", "8", "--json", "check", NULL);
-    EXPECT_RC(r, 0);
+    t_run_t r = cli(url, ns, "--layout", "sharded", "--shards", "8", "--json", "check", NULL);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"drains_pending\":1,\"draining_entries\":15,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     /* repair finishes the drain: the 15 sparks only the old generation held
      * go, the 15 the new one holds stay */
     r = cli(url, ns, "--layout", "sharded", "--shards", "8", "repair", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     cr_assert_eq(hlen_all(&d), 15);
     cr_assert_eq(scard_all(&d, A, "g-old"), 0);
     cr_assert_eq(db_int(&d, "HLEN %s", d.k.drains), 0);
     r = cli(url, ns, "--layout", "sharded", "--shards", "8", "--json", "check", NULL);
-    EXPECT_RC(r, 0);
+    T_EXPECT_RC(r, 0);
     cr_assert(strstr(r.out, "\"drains_pending\":0,\"draining_entries\":0,"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
     db_close(&d);
 }
 
@@ -927,14 +785,14 @@ static void repair_under_writes(int cluster)
     pthread_create(&th, NULL, churn_main, &ch);
     t_sleep_ms(100);
     /* small chunks: many script calls interleaved with the writer */
-    run_t r = cli(url, ns, "--chunk", "50", "repair", "--no-wait", NULL);
+    t_run_t r = cli(url, ns, "--chunk", "50", "repair", "--no-wait", NULL);
     t_sleep_ms(100);
     atomic_store(&ch.stop, true);
     pthread_join(th, NULL);
     cr_assert_eq(mpx_flush(live_mpx, 20000), 0, "%s", mpx_last_error());
     cr_assert(r.status == 0 || r.status == 1, "exit %d: %s %s", r.status, r.out, r.err);
     cr_assert(strstr(r.out, "removed from the set") && strstr(r.out, "deleted"), "%s", r.out);
-    run_free(&r);
+    t_run_free(&r);
 
     /* every live spark is in the hash and in the set; nothing else is */
     long long connected = 0;
@@ -955,8 +813,8 @@ static void repair_under_writes(int cluster)
      * again may still be missing if the repair scanned before the damage
      * of a few: a second repair adds them */
     r = cli(url, ns, "repair", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     for (int i = 0; i < CHURN_IDS; i++) {
         if (!ch.state[i])
             continue;
@@ -966,8 +824,8 @@ static void repair_under_writes(int cluster)
     cr_assert_eq(hlen_all(&d), connected);
     cr_assert_eq(scard_all(&d, A, L), connected);
     r = cli(url, ns, "check", NULL);
-    EXPECT_RC(r, 0);
-    run_free(&r);
+    T_EXPECT_RC(r, 0);
+    t_run_free(&r);
     fprintf(stderr, "cli sharded repair under writes%s: %llu connect/disconnect calls\n",
             cluster ? " (cluster)" : "", (unsigned long long)ch.ops);
     mpx_unregister(live_mpx);
@@ -1142,14 +1000,14 @@ static void check_large(int cluster)
     pthread_t th;
     pthread_create(&th, NULL, ping_main, &p);
     t_sleep_ms(50);
-    run_t r = cli(url, ns, "--json", "check", NULL);
+    t_run_t r = cli(url, ns, "--json", "check", NULL);
     t_sleep_ms(50);
     atomic_store(&p.stop, true);
     pthread_join(th, NULL);
-    EXPECT_RC(r, 1);
+    T_EXPECT_RC(r, 1);
     cr_assert(strstr(r.out, "\"problems\":10,"), "%.2000s", r.out);
-    cr_assert_eq(count_of(r.out, "\"kind\":\"hash-unregistered\""), 5);
-    cr_assert_eq(count_of(r.out, "\"kind\":\"set-stale\""), 5);
+    cr_assert_eq(t_count_of(r.out, "\"kind\":\"hash-unregistered\""), 5);
+    cr_assert_eq(t_count_of(r.out, "\"kind\":\"set-stale\""), 5);
     char want[64];
     snprintf(want, sizeof want, "\"hash_entries\":%d,", n + 5);
     cr_assert(strstr(r.out, want), "%.2000s", r.out);
@@ -1160,7 +1018,7 @@ static void check_large(int cluster)
             cluster ? ", Redis Cluster" : ", single Redis", n, (unsigned long long)planted_ms,
             (unsigned long long)r.ms, (unsigned long long)p.count, host, port,
             p.worst_us / 1000.0);
-    run_free(&r);
+    t_run_free(&r);
     /* clean up: the CLI's repair is not needed, drop the keys */
     for (uint32_t s = 0; s < 64; s++) {
         db_cmd(&d, "DEL %s", k_hash(&d, s));

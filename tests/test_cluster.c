@@ -41,30 +41,14 @@
 
 static const char *cluster_url(void)
 {
-    const char *url = getenv("MPX_TEST_CLUSTER_URL");
-    if (url && *url)
-        return url;
-    const char *req = getenv("MPX_TEST_REQUIRE_CLUSTER");
-    if (req && strcmp(req, "1") == 0)
-        cr_assert_fail("MPX_TEST_CLUSTER_URL is not set (tools/test.sh starts a cluster)");
-    cr_skip_test("MPX_TEST_CLUSTER_URL not set: start one with tools/cluster.sh");
-    return NULL;
+    return t_cluster_url();
 }
 
 /* One test at a time against the cluster (released when the test's process
  * exits). */
 static void lock_cluster(void)
 {
-    const char *url = cluster_url();
-    char path[256];
-    const char *tmp = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/mpx-test-cluster-%016llx.lock", tmp && *tmp ? tmp : "/tmp",
-             (unsigned long long)mpx__hash(url, strlen(url)));
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
-    while (flock(fd, LOCK_EX) != 0)
-        cr_assert_eq(errno, EINTR, "flock %s: %s", path, strerror(errno));
-    /* fd stays open: the lock lasts until exit */
+    t_lock_cluster();
 }
 
 static mpx__redis_endpoint_t EP;

@@ -159,14 +159,14 @@ typedef struct verifier {
     mpx__keys_t k;
 } verifier_t;
 
+/* The single test Redis, or the test cluster (serialised with the tests
+ * that fail it over or reshard it). */
 static const char *target_url(int cluster)
 {
     if (!cluster)
         return t_redis_url();
-    const char *u = getenv("MPX_TEST_CLUSTER_URL");
-    if (!u || !*u)
-        cr_skip_test("no MPX_TEST_CLUSTER_URL: the test command starts a local cluster");
-    return u;
+    t_lock_cluster();
+    return t_cluster_url();
 }
 
 static void v_open(verifier_t *v, const char *url, const char *ns, uint32_t shards)
