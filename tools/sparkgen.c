@@ -3249,10 +3249,20 @@ static int sg_shard_markers(sg_run_t *r, int record,
                                          void *arg),
                             void *arg);
 
+/* Sharded: a drained generation leaves a tombstone, "-" + generation, as
+ * its shard marker (it refuses a late writer of that generation); it is
+ * overwritten by the address's next registration, never deleted. */
+static int sg_tombstone(const char *val)
+{
+    return val && val[0] == '-';
+}
+
+/* Reaped: no shard still marks a killed server's generation as live (its
+ * drained generation's tombstone is fine). */
 static void sg_marker_of_killed(sg_run_t *r, uint32_t s, unsigned v, const char *val, void *arg)
 {
     (void)s;
-    if (val && r->srv[v].killed)
+    if (val && !sg_tombstone(val) && r->srv[v].killed)
         *(int *)arg = 1;
 }
 
@@ -3914,12 +3924,12 @@ static const char *sg_hashes_name(const sg_run_t *r, char *buf, size_t cap)
 }
 
 /* Sharded: every shard must mark each survivor's live generation and no
- * killed server's. */
+ * killed server's (none, or its drained generation's tombstone). */
 static void sg_marker_check(sg_run_t *r, uint32_t s, unsigned v, const char *val, void *arg)
 {
     uint64_t *bad = arg;
     const sg_srv_t *x = &r->srv[v];
-    if (x->killed ? val == NULL : val && strcmp(val, x->gen) == 0)
+    if (x->killed ? val == NULL || sg_tombstone(val) : val && strcmp(val, x->gen) == 0)
         return;
     (*bad)++;
     if (*bad > 3) /* one wrong shard is telling enough; count the rest */
@@ -4244,24 +4254,98 @@ static void sg_phase_measure(sg_run_t *r)
 }
 
 typedef struct sg_leftover {
-    int layout_key; /* the sharded layout's marker was found */
-    int quiet;      /* only look for the marker (--no-verify) */
+    int layout_key;    /* the sharded layout's marker was found */
+    int quiet;         /* only look for what stays by design (--no-verify) */
+    char **gens_names; /* the shards' generations hashes, sorted */
+    uint32_t ngens;
+    char **tomb_keys;  /* generations hashes holding only our tombstones */
+    size_t ntomb, unexpected;
+    uint64_t tombstones;
 } sg_leftover_t;
+
+/* A shard's generations hash left after unregister: expected when every
+ * field is one of our servers with a tombstone. */
+static int sg_tombstones_only(sg_run_t *r, size_t master, const char *key, uint64_t *count)
+{
+    redisReply *rep;
+    if (sg_node_calln(r, master, SG_ARGS("HGETALL", key), &rep) != 0)
+        return 0;
+    int ok = rep->type == REDIS_REPLY_ARRAY && rep->elements % 2 == 0;
+    for (size_t k = 0; ok && k + 1 < rep->elements; k += 2) {
+        const redisReply *f = rep->element[k], *v = rep->element[k + 1];
+        ok = f->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+             sg_address_server(f->str, r->cfg.servers) >= 0 && sg_tombstone(v->str);
+    }
+    if (ok)
+        *count += rep->elements / 2;
+    freeReplyObject(rep);
+    return ok;
+}
 
 static void sg_leftover_key(sg_run_t *r, size_t master, const char *key, size_t len, void *arg)
 {
-    (void)master;
     sg_leftover_t *lo = arg;
-    /* The sharded layout's marker stays by design (the library never
-     * deletes it); this run created it in an empty namespace and deletes
-     * it below. */
+    /* What the sharded layout leaves by design once every server is gone:
+     * its marker (the library never deletes it) and the shards' tombstones
+     * of the drained generations. This run made them in an empty
+     * namespace; they are deleted below. */
     if (sg_sharded(r) && len == r->keys.layout_key_len &&
         memcmp(key, r->keys.layout_key, len) == 0) {
         lo->layout_key = 1;
         return;
     }
+    const char *k = key;
+    if (lo->gens_names && bsearch(&k, lo->gens_names, lo->ngens, sizeof *lo->gens_names, sg_strcmp_p) &&
+        sg_tombstones_only(r, master, key, &lo->tombstones)) {
+        lo->tomb_keys = sg_xrealloc(lo->tomb_keys, (lo->ntomb + 1) * sizeof *lo->tomb_keys);
+        if (!(lo->tomb_keys[lo->ntomb] = strdup(key)))
+            sg_die_build("a key name");
+        lo->ntomb++;
+        return;
+    }
+    lo->unexpected++;
     if (!lo->quiet)
         sg_mismatch(r, "key left after unregister: %s", key);
+}
+
+/* After unregister: find what is left (mismatches unless quiet), then
+ * delete what stays by design (sharded layout), so that the namespace is
+ * left as empty as it was found. Returns the keys found, or -1. */
+static long long sg_leftovers(sg_run_t *r, int quiet)
+{
+    sg_leftover_t lo = {0};
+    lo.quiet = quiet;
+    if (sg_sharded(r)) {
+        lo.ngens = r->keys.nshards;
+        lo.gens_names = calloc(lo.ngens, sizeof *lo.gens_names);
+        if (!lo.gens_names)
+            sg_die_build("key names");
+        for (uint32_t q = 0; q < lo.ngens; q++) {
+            char key[SG_KEY_CAP];
+            if (!(lo.gens_names[q] = strdup(sg_kname(r, key, SG_K_SHARD_GENS, q, NULL, NULL))))
+                sg_die_build("key names");
+        }
+        qsort(lo.gens_names, lo.ngens, sizeof *lo.gens_names, sg_strcmp_p);
+    }
+    long long left = sg_scan_ns(r, sg_leftover_key, &lo);
+    if (left >= 0 && (!quiet || lo.unexpected == 0)) {
+        for (size_t i = 0; i < lo.ntomb; i++)
+            sg_int_quiet(r, "DEL", lo.tomb_keys[i]);
+        if (lo.layout_key)
+            sg_int_quiet(r, "DEL", r->keys.layout_key);
+        if (lo.layout_key || lo.ntomb)
+            sg_info("unregister: deleted what the sharded layout leaves by design: %s%s%lld "
+                    "shard generation hashes holding only tombstones (%" PRIu64 ")",
+                    lo.layout_key ? r->keys.layout_key : "", lo.layout_key ? " and " : "",
+                    (long long)lo.ntomb, lo.tombstones);
+    }
+    for (uint32_t q = 0; q < lo.ngens; q++)
+        free(lo.gens_names[q]);
+    free(lo.gens_names);
+    for (size_t i = 0; i < lo.ntomb; i++)
+        free(lo.tomb_keys[i]);
+    free(lo.tomb_keys);
+    return left;
 }
 
 static void sg_take_unregister(sg_run_t *r, sg_node_t *n, const char *a, void *arg)
@@ -4291,14 +4375,9 @@ static void sg_phase_unregister(sg_run_t *r)
     r->m.unregister_s = sg_now() - t0;
     sg_info("unregister: %u servers in %.3f s", r->cfg.servers - r->m.killed,
             r->m.unregister_s);
-    sg_leftover_t lo = {0};
     if (!r->cfg.verify) {
-        if (sg_sharded(r)) { /* only to find the layout marker */
-            lo.quiet = 1;
-            long long left = sg_scan_ns(r, sg_leftover_key, &lo);
-            if (left == 1 && lo.layout_key)
-                sg_int_quiet(r, "DEL", r->keys.layout_key);
-        }
+        if (sg_sharded(r)) /* only to delete what stays by design */
+            sg_leftovers(r, 1);
         return;
     }
 
@@ -4313,12 +4392,8 @@ static void sg_phase_unregister(sg_run_t *r)
             sg_mismatch(r, "after unregister: %s still in %s", r->srv[v].address,
                         r->keys.servers);
     /* Nothing of ours may remain under the namespace (it was empty). */
-    long long left = sg_scan_ns(r, sg_leftover_key, &lo);
-    if (left < 0)
+    if (sg_leftovers(r, 0) < 0)
         sg_mismatch(r, "after unregister: SCAN of the namespace failed");
-    else if (lo.layout_key && sg_int(r, "DEL", r->keys.layout_key) == 1)
-        sg_info("unregister: deleted %s (the sharded layout's marker, which stays)",
-                r->keys.layout_key);
     sg_info("unregister: %" PRIu64 " mismatches after", r->mismatches - before);
 }
 
