@@ -658,7 +658,9 @@ static void tick(mpx_t *m, hb_state_t *hs)
         return;
     }
     hs->down = false;
-    bool restarted = c->run_id_changed;
+    /* On a cluster the writer watches for failovers itself (and the
+     * control keys' loss shows as "missing" below): no second rewrite. */
+    bool restarted = c->run_id_changed && !m->ep.cluster;
     c->run_id_changed = false;
 
     if (m->state == MPX__REGISTERING) {
