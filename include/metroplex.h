@@ -146,7 +146,9 @@ typedef struct mpx_options {
     uint32_t reap_chunk;
 
     /* The writer thread sends a batch when it holds batch_max changes or
-     * when the oldest waited batch_delay_ms. Defaults 4096 and 2. */
+     * when the oldest waited batch_delay_ms. Defaults 4096 and 2. (In the
+     * sharded layout one round may take up to 1000 changes per shard, at
+     * most 16 batch_max, since it is split into one command per shard.) */
     uint32_t batch_max;   /* 1..1000000 */
     uint32_t batch_delay_ms; /* 0..10000 */
 
