@@ -805,6 +805,12 @@ void mpx__cache_reclaim(mpx__cache_t *c)
 
 void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns)
 {
+    mpx__cache_mark_unwritten_if(c, t_ns, NULL, NULL);
+}
+
+void mpx__cache_mark_unwritten_if(mpx__cache_t *c, uint64_t t_ns,
+                                  bool (*pick)(const void *id, size_t len, void *ctx), void *ctx)
+{
     for (int i = 0; i < MPX__SHARDS; i++) {
         shard_t *s = &c->shards[i];
         lock_shard(c, s);
@@ -820,6 +826,10 @@ void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns)
              * is not guessed: a spark that flips before the write must not
              * be taken for already written. */
             uint8_t st = atomic_load_explicit(&r->state, memory_order_relaxed);
+            /* Not picked: left as it is, unless an abandoned transaction
+             * holds it (INFLIGHT), which must be queued again anyway. */
+            if (pick && !(st & ST_INFLIGHT) && !pick(r->id, r->len, ctx))
+                continue;
             if (st & ST_INFLIGHT)
                 BUMP(s->pending, -1); /* a transaction that was abandoned */
             st &= (uint8_t)~ST_INFLIGHT;

@@ -109,6 +109,8 @@ struct mpx__cluster {
     uint64_t map_ms, tried_ms;   /* last read, last attempt */
     uint16_t route[NSLOTS];      /* slot -> node, patched by MOVED */
     uint16_t seen[NSLOTS];       /* slot -> node at the last map read */
+    uint8_t lost[NSLOTS / 8];    /* slots failed over since the owner asked */
+    bool lost_all;               /* a node restarted: any slot may have lost */
     pcmd_t *pc;                  /* pipeline scratch */
     size_t pc_cap;
     uint16_t *used;              /* nodes of a pipeline round */
@@ -198,6 +200,7 @@ static void absorb(mpx__conn_t *c, cnode_t *n)
     if (n->conn.run_id_changed) {
         /* This node restarted (another process answered at reconnect). */
         c->run_id_changed = true;
+        c->cl->lost_all = true;
         n->conn.run_id_changed = false;
     }
     if (!c->shas[0][0] && n->conn.shas[0][0])
@@ -416,9 +419,12 @@ static int apply_map(mpx__conn_t *c, uint16_t asked, const char *text, size_t le
     /* Failover: a slot we saw served by one node now served by another that
      * was a replica at the last read. (Compared before the roles update.) */
     bool failover = false;
-    for (size_t s = 0; s < NSLOTS && !failover; s++) {
+    for (size_t s = 0; s < NSLOTS; s++) {
         uint16_t was = cl->seen[s], now = route[s];
-        failover = was != NONE && now != NONE && was != now && cl->nodes[now]->replica_of != NONE;
+        if (was != NONE && now != NONE && was != now && cl->nodes[now]->replica_of != NONE) {
+            failover = true;
+            cl->lost[s / 8] |= (uint8_t)(1u << (s % 8));
+        }
     }
 
     if (!(masters = malloc(cl->nnodes * sizeof *masters))) {
@@ -1100,4 +1106,23 @@ int mpx__cluster_node_command(mpx__conn_t *c, size_t i, mpx__argv_t *a, redisRep
     if (rc == MPX_ECONN || rc == MPX_ETIMEDOUT)
         c->cl->stale = true;
     return rc;
+}
+
+bool mpx__conn_take_lost_slots(mpx__conn_t *c, uint8_t out[2048])
+{
+    mpx__cluster_t *cl = c->ep->cluster ? c->cl : NULL;
+    if (!cl || cl->lost_all) {
+        memset(out, 0xff, 2048);
+        if (cl) {
+            cl->lost_all = false;
+            memset(cl->lost, 0, sizeof cl->lost);
+        }
+        return true;
+    }
+    bool any = false;
+    for (size_t i = 0; i < sizeof cl->lost; i++)
+        any |= cl->lost[i] != 0;
+    memcpy(out, cl->lost, 2048);
+    memset(cl->lost, 0, sizeof cl->lost);
+    return any;
 }

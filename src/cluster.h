@@ -44,6 +44,12 @@ const char *mpx__conn_slot_node(mpx__conn_t *c, unsigned slot);
  * re-reading. */
 int mpx__conn_node_command(mpx__conn_t *c, size_t i, mpx__argv_t *a, redisReply **out);
 
+/* The slots that failed over (a replica promoted: acknowledged writes there
+ * may be lost) since the last call, as a bitmap (bit s % 8 of byte s / 8),
+ * and forget them. All bits when a node restarted, or on a single Redis.
+ * Returns whether any bit is set. Use after run_id_changed was seen. */
+bool mpx__conn_take_lost_slots(mpx__conn_t *c, uint8_t out[2048]);
+
 /* ---- conn.c -> cluster.c (SIGPIPE is already blocked by the caller) ------- */
 
 int mpx__cluster_ensure(mpx__conn_t *c, bool force);

@@ -330,8 +330,13 @@ size_t mpx__cache_next_ops(mpx__cache_t *c, mpx__op_t *ops, size_t max, size_t *
 bool mpx__cache_taken_empty(mpx__cache_t *c);
 void mpx__cache_committed(mpx__cache_t *c, const mpx__op_t *ops, size_t n);
 void mpx__cache_reclaim(mpx__cache_t *c);
-/* Mark every own spark as not in Redis (queues them all). */
+/* Mark every own spark as not in Redis (queues them all). Writer thread,
+ * between cycles. */
 void mpx__cache_mark_unwritten(mpx__cache_t *c, uint64_t t_ns);
+/* The same for the own sparks pick() chooses (and any an abandoned
+ * transaction holds). */
+void mpx__cache_mark_unwritten_if(mpx__cache_t *c, uint64_t t_ns,
+                                  bool (*pick)(const void *id, size_t len, void *ctx), void *ctx);
 /* Forget every own spark (writer quiesced). */
 void mpx__cache_drop_own(mpx__cache_t *c);
 /* Is there an own record (connected, or a disconnect not yet committed)? */

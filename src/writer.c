@@ -53,6 +53,7 @@ struct mpx__writer {
     uint64_t requested, completed; /* flush cycles, under mu */
     char addr[MPX_ADDRESS_MAX + 1];
     char gen[64];                  /* sharded: the registration's generation */
+    uint8_t *resync_shards;        /* with resync: only these shards (NULL: all) */
     atomic_bool sleeping;          /* the thread waits for work */
     mpx__conn_t conn;              /* writer thread only */
 };
@@ -511,10 +512,12 @@ static bool write_cycle_sharded(mpx_t *m, mpx__writer_t *w, const char *addr, co
  * Deleting one of those here would go behind the cache's back.) An id
  * connected while this runs is written by a later cycle, after this. */
 static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, const char *gen,
-                         mpx__argv_t *a)
+                         const uint8_t *only, mpx__argv_t *a)
 {
     size_t removed = 0;
     for (uint32_t sh = 0; sh < m->keys.nshards; sh++) {
+        if (only && !only[sh])
+            continue;
         char cursor[32] = "0";
         for (unsigned rounds = 0; rounds < 10000000u; rounds++) {
             if (give_up(w, 0))
@@ -576,6 +579,63 @@ static bool remove_stale(mpx_t *m, mpx__writer_t *w, const char *addr, const cha
     return true;
 }
 
+/* ---- rewriting after a failover ----------------------------------------------
+ * A promoted replica may lack the last writes its master acknowledged. Only
+ * the shards whose slot failed over are rewritten (a node restart: all). */
+
+typedef struct pick_ctx {
+    const mpx__keys_t *k;
+    const uint8_t *only;
+} pick_ctx_t;
+
+static bool pick_shard(const void *id, size_t len, void *ctx)
+{
+    const pick_ctx_t *p = ctx;
+    return p->only[mpx__key_shard(p->k, id, len)] != 0;
+}
+
+/* Under w->mu: ask for a rewrite of the shards in `only` (NULL: all). */
+static void want_resync(mpx_t *m, mpx__writer_t *w, const uint8_t *only)
+{
+    if (w->resync && !w->resync_shards)
+        return; /* everything is to be rewritten already */
+    if (!only) {
+        free(w->resync_shards);
+        w->resync_shards = NULL;
+    } else if (!w->resync || w->resync_shards) {
+        if (!w->resync_shards && !(w->resync_shards = calloc(m->keys.nshards, 1))) {
+            w->resync = true; /* out of memory: rewrite everything */
+            return;
+        }
+        for (uint32_t s = 0; s < m->keys.nshards; s++)
+            w->resync_shards[s] |= only[s];
+    }
+    w->resync = true;
+}
+
+/* Under w->mu, cluster only: after a failover, which shards to rewrite. */
+static void failover_resync(mpx_t *m, mpx__writer_t *w)
+{
+    uint8_t lost[2048];
+    if (!mpx__conn_take_lost_slots(&w->conn, lost))
+        return;
+    uint32_t ns = m->keys.nshards, n = 0;
+    uint8_t *only = calloc(ns, 1);
+    for (uint32_t s = 0; only && s < ns; s++) {
+        unsigned slot = mpx__shard_slot(&m->keys, s);
+        only[s] = (lost[slot / 8] >> (slot % 8)) & 1u;
+        n += only[s];
+    }
+    if (only && n == 0) {
+        free(only); /* none of our shards' slots */
+        return;
+    }
+    mpx__report(m, MPX_ESTATE, "writer: a Redis Cluster master failed over or restarted; "
+                "rewriting the local sparks of %u of %u shards", only ? n : ns, ns);
+    want_resync(m, w, only && n < ns ? only : NULL);
+    free(only);
+}
+
 static void *writer_main(void *arg)
 {
     mpx_t *m = arg;
@@ -610,11 +670,8 @@ static void *writer_main(void *arg)
         }
         if (m->ep.cluster && w->conn.run_id_changed) {
             w->conn.run_id_changed = false;
-            if (w->active) {
-                mpx__report(m, MPX_ESTATE, "writer: a Redis Cluster master failed over or "
-                            "restarted; rewriting every local spark");
-                w->resync = true;
-            }
+            if (w->active)
+                failover_resync(m, w);
         }
         mpx__cache_stats_t cs;
         mpx__cache_stats(m->cache, &cs);
@@ -662,18 +719,23 @@ static void *writer_main(void *arg)
         first_seen_ms = 0;
         uint64_t cycle = w->requested;
         bool resync = w->resync;
+        uint8_t *only = w->resync_shards;
         w->resync = false;
+        w->resync_shards = NULL;
         memcpy(addr, w->addr, sizeof addr);
         memcpy(gen, w->gen, sizeof gen);
         w->busy = true;
         pthread_mutex_unlock(&w->mu);
 
-        if (resync)
+        pick_ctx_t pick = {&m->keys, only};
+        if (resync && only)
+            mpx__cache_mark_unwritten_if(m->cache, now_ns(), pick_shard, &pick);
+        else if (resync)
             mpx__cache_mark_unwritten(m->cache, now_ns());
         bool ok = sharded ? write_cycle_sharded(m, w, addr, gen, &tx[0], &sb)
                           : write_cycle(m, w, addr, tx, &a);
         if (ok && resync)
-            ok = remove_stale(m, w, addr, gen, &a);
+            ok = remove_stale(m, w, addr, gen, only, &a);
 
         pthread_mutex_lock(&w->mu);
         w->busy = false;
@@ -681,8 +743,9 @@ static void *writer_main(void *arg)
             if (cycle > w->completed)
                 w->completed = cycle;
         } else if (resync && w->active) {
-            w->resync = true; /* still to do */
+            want_resync(m, w, only); /* still to do */
         }
+        free(only);
         pthread_cond_broadcast(&w->done);
         if (!ok && w->stop)
             break;
@@ -738,6 +801,7 @@ size_t mpx__writer_stop(mpx_t *m, uint32_t timeout_ms)
     pthread_cond_destroy(&w->cond);
     pthread_cond_destroy(&w->done);
     pthread_mutex_destroy(&w->mu);
+    free(w->resync_shards);
     free(w);
     m->writer = NULL;
     return (size_t)cs.pending;
@@ -804,6 +868,8 @@ static void activate(mpx_t *m, const char *addr, const char *gen, bool pause)
     } else {
         w->active = false;
         w->resync = false;
+        free(w->resync_shards);
+        w->resync_shards = NULL;
         pthread_cond_broadcast(&w->cond);
         while (w->busy)
             pthread_cond_wait(&w->done, &w->mu);
@@ -820,7 +886,7 @@ void mpx__writer_resync(mpx_t *m)
 {
     mpx__writer_t *w = m->writer;
     pthread_mutex_lock(&w->mu);
-    w->resync = true;
+    want_resync(m, w, NULL);
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->mu);
 }
