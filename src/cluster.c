@@ -861,6 +861,10 @@ int mpx__cluster_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
     char why[512];
     snprintf(why, sizeof why, "%s", mpx_last_error());
     count_error(c);
+    /* Redirects or TRYAGAIN/CLUSTERDOWN that never settled: the cluster did
+     * not answer in time (not an error of the command itself). */
+    if (last == MPX_EREDIS)
+        last = MPX_ETIMEDOUT;
     return mpx__fail(last, "redis cluster: %.*s gave up after %d attempts in %llu ms; last: %s",
                      (int)a->lens[0], a->argv[0], attempt,
                      (unsigned long long)(mpx__now_ms() - t0), why);
@@ -1057,8 +1061,12 @@ int mpx__cluster_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
         size_t first = n;
         for (size_t i = 0; i < n; i++)
             if (cl->pc[i].state == P_PENDING) {
-                if (rcs[i] == 0)
-                    rcs[i] = rc ? rc : MPX_ETIMEDOUT;
+                /* Still pending: its last answer was a redirect or a
+                 * TRYAGAIN/CLUSTERDOWN (errors of the command itself are
+                 * final), or its node failed: the cluster did not answer in
+                 * time. */
+                if (rcs[i] == 0 || rcs[i] == MPX_EREDIS)
+                    rcs[i] = rc && rc != MPX_EREDIS ? rc : MPX_ETIMEDOUT;
                 if (first == n)
                     first = i;
             }

@@ -492,3 +492,95 @@ static void layout_mismatch(int cluster)
 
 Test(sharded_single, layout_mismatch, .timeout = 60) { layout_mismatch(0); }
 Test(sharded_cluster, layout_mismatch, .timeout = 60) { layout_mismatch(1); }
+
+/* Binary ids (NUL, braces, high bytes) and ids of the maximum length are
+ * sharded, written, found (also asynchronously) and deleted like others;
+ * bad ids are refused with a clear error and change nothing. */
+typedef struct async_result {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool done;
+    int err;
+    mpx_list_t *list;
+} async_result_t;
+
+static void on_lookup(mpx_t *m, int err, mpx_list_t *l, void *data)
+{
+    (void)m;
+    async_result_t *ar = data;
+    pthread_mutex_lock(&ar->mu);
+    ar->err = err;
+    ar->list = l;
+    ar->done = true;
+    pthread_cond_signal(&ar->cond);
+    pthread_mutex_unlock(&ar->mu);
+}
+
+static void binary_ids(int cluster)
+{
+    const char *url = target_url(cluster);
+    mpx_options_t o;
+    sharded_options(&o, url, 64);
+    const char *A = "http://127.0.0.1:8501", *B = "http://127.0.0.1:8502";
+    mpx_t *a = make(&o, A), *b = make(&o, B);
+    enum { N = 200 };
+    static char ids[N][MPX_ID_MAX];
+    size_t lens[N];
+    const void *ptrs[N];
+    for (int i = 0; i < N; i++) {
+        /* every byte value, braces and NULs included; some at the maximum */
+        lens[i] = i % 10 == 0 ? MPX_ID_MAX : (size_t)(3 + i % 40);
+        for (size_t j = 0; j < lens[i]; j++)
+            ids[i][j] = (char)((i * 31 + (int)j * 7) & 0xff);
+        ids[i][0] = (char)i; /* distinct */
+        ids[i][1] = i % 2 ? '{' : '\0';
+        ids[i][2] = '}';
+        ptrs[i] = ids[i];
+        cr_assert_eq(mpx_connect(a, ids[i], lens[i]), 0, "%d: %s", i, mpx_last_error());
+    }
+    cr_assert_eq(mpx_flush(a, 20000), 0, "%s", mpx_last_error());
+    mpx_list_t *l = NULL;
+    cr_assert_eq(mpx_sparks(b, ptrs, lens, N, &l), 0, "%s", mpx_last_error());
+    for (int i = 0; i < N; i++)
+        cr_assert(l->items[i] && strcmp(l->items[i], A) == 0, "id %d not found", i);
+    mpx_list_free(l);
+    async_result_t ar = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, NULL};
+    cr_assert_eq(mpx_sparks_async(b, ptrs, lens, N, on_lookup, &ar), 0, "%s", mpx_last_error());
+    pthread_mutex_lock(&ar.mu);
+    uint64_t deadline = t_now_ms() + 20000;
+    while (!ar.done && t_now_ms() < deadline) {
+        pthread_mutex_unlock(&ar.mu);
+        t_sleep_ms(10);
+        pthread_mutex_lock(&ar.mu);
+    }
+    pthread_mutex_unlock(&ar.mu);
+    cr_assert(ar.done, "async lookup never answered");
+    cr_assert_eq(ar.err, 0);
+    for (int i = 0; i < N; i++)
+        cr_assert(ar.list->items[i] && strcmp(ar.list->items[i], A) == 0, "async: id %d", i);
+    mpx_list_free(ar.list);
+
+    /* Bad ids: refused, nothing queued. */
+    mpx_stats_t st0, st1;
+    mpx_stats(a, &st0);
+    cr_assert_eq(mpx_connect(a, NULL, 3), MPX_EINVAL);
+    cr_assert_eq(mpx_connect(a, "x", 0), MPX_EINVAL);
+    cr_assert_eq(mpx_connect(a, ids[0], MPX_ID_MAX + 1), MPX_ETOOBIG);
+    mpx_stats(a, &st1);
+    cr_assert_eq(st1.queued, st0.queued);
+
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(mpx_disconnect(a, ids[i], lens[i]), 0);
+    cr_assert_eq(mpx_flush(a, 20000), 0, "%s", mpx_last_error());
+    cr_assert_eq(mpx_sparks(b, ptrs, lens, N, &l), 0, "%s", mpx_last_error());
+    for (int i = 0; i < N; i++)
+        cr_assert_null(l->items[i], "id %d still found", i);
+    mpx_list_free(l);
+    mpx_unregister(a);
+    mpx_unregister(b);
+    mpx_destroy(a);
+    mpx_destroy(b);
+}
+
+Test(sharded_single, binary_ids, .timeout = 120) { binary_ids(0); }
+Test(sharded_cluster, binary_ids, .timeout = 120) { binary_ids(1); }
