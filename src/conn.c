@@ -532,3 +532,63 @@ int mpx__conn_node_command(mpx__conn_t *c, size_t i, mpx__argv_t *a, redisReply 
     sigpipe_restore(&g);
     return rc;
 }
+
+/* ---- pipelines of many commands --------------------------------------------- */
+
+int mpx__pipe_init(mpx__pipe_t *p, size_t cap)
+{
+    memset(p, 0, sizeof *p);
+    if (cap == 0)
+        cap = 1;
+    p->cmds = calloc(cap, sizeof *p->cmds);
+    p->cp = calloc(cap, sizeof *p->cp);
+    p->rep = calloc(cap, sizeof *p->rep);
+    p->rcs = calloc(cap, sizeof *p->rcs);
+    if (!p->cmds || !p->cp || !p->rep || !p->rcs) {
+        mpx__pipe_free(p);
+        return MPX_ENOMEM;
+    }
+    p->cap = cap;
+    return 0;
+}
+
+mpx__argv_t *mpx__pipe_add(mpx__pipe_t *p)
+{
+    if (p->n >= p->cap)
+        return NULL;
+    mpx__argv_t *a = &p->cmds[p->n];
+    mpx__argv_reset(a);
+    p->cp[p->n++] = a;
+    return a;
+}
+
+int mpx__pipe_run(mpx__pipe_t *p, mpx__conn_t *c)
+{
+    for (size_t i = 0; i < p->n; i++)
+        mpx__argv_finish(&p->cmds[i]);
+    return p->n ? mpx__conn_pipeline(c, p->n, p->cp, p->rep, p->rcs) : 0;
+}
+
+void mpx__pipe_clear(mpx__pipe_t *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->rep[i])
+            freeReplyObject(p->rep[i]);
+        p->rep[i] = NULL;
+        p->rcs[i] = 0;
+    }
+    p->n = 0;
+}
+
+void mpx__pipe_free(mpx__pipe_t *p)
+{
+    if (p->rep)
+        mpx__pipe_clear(p);
+    for (size_t i = 0; p->cmds && i < p->cap; i++)
+        mpx__argv_free(&p->cmds[i]);
+    free(p->cmds);
+    free(p->cp);
+    free(p->rep);
+    free(p->rcs);
+    memset(p, 0, sizeof *p);
+}

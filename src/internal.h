@@ -265,6 +265,24 @@ int mpx__conn_io_error(mpx__conn_t *c, const char *what);
  * when every command got a non-error reply, else the first error code. */
 int mpx__conn_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
                        redisReply **replies, int *rcs);
+/* A batch for mpx__conn_pipeline: the commands, their replies and codes,
+ * allocated together. Usage: init(cap); add() up to cap commands (each
+ * returned empty) and push their arguments; run(); read rep[i] / rcs[i];
+ * clear() (replies freed, n = 0) to reuse; free(). Not thread-safe. */
+typedef struct mpx__pipe {
+    size_t n, cap;
+    mpx__argv_t *cmds;
+    mpx__argv_t **cp;
+    redisReply **rep; /* after run: reply i, or NULL with rcs[i] set */
+    int *rcs;
+} mpx__pipe_t;
+
+int mpx__pipe_init(mpx__pipe_t *p, size_t cap);           /* 0 or MPX_ENOMEM */
+mpx__argv_t *mpx__pipe_add(mpx__pipe_t *p);               /* NULL when full */
+int mpx__pipe_run(mpx__pipe_t *p, mpx__conn_t *c);        /* mpx__conn_pipeline */
+void mpx__pipe_clear(mpx__pipe_t *p);
+void mpx__pipe_free(mpx__pipe_t *p);
+
 /* Cluster: re-read the slot map now if the last read is older than
  * max_age_ms (sets run_id_changed on a failover). No-op on a single Redis. */
 int mpx__conn_refresh(mpx__conn_t *c, uint32_t max_age_ms);
