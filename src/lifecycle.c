@@ -102,30 +102,20 @@ static void kick_heartbeat(mpx_t *m);
 static int mark_shards(mpx_t *m, mpx__conn_t *c, const char *gen)
 {
     uint32_t ns = m->keys.nshards;
-    mpx__argv_t *cmds = calloc(ns, sizeof *cmds);
-    mpx__argv_t **cp = malloc(ns * sizeof *cp);
-    redisReply **rep = calloc(ns, sizeof *rep);
-    int *rcs = calloc(ns, sizeof *rcs);
-    int rc = cmds && cp && rep && rcs ? 0 : mpx__fail(MPX_ENOMEM, "out of memory");
+    mpx__pipe_t p;
+    if (mpx__pipe_init(&p, ns))
+        return mpx__fail(MPX_ENOMEM, "out of memory");
+    int rc = 0;
     for (uint32_t s = 0; rc == 0 && s < ns; s++) {
-        cp[s] = &cmds[s];
-        if (mpx__argv_push(&cmds[s], "HSET", 4) || mpx__key_shard_gens(&m->keys, s, &cmds[s]) ||
-            mpx__argv_push(&cmds[s], m->address, strlen(m->address)) ||
-            mpx__argv_push(&cmds[s], gen, strlen(gen)))
+        mpx__argv_t *a = mpx__pipe_add(&p);
+        if (mpx__argv_push(a, "HSET", 4) || mpx__key_shard_gens(&m->keys, s, a) ||
+            mpx__argv_push(a, m->address, strlen(m->address)) ||
+            mpx__argv_push(a, gen, strlen(gen)))
             rc = mpx__fail(MPX_ENOMEM, "out of memory");
-        mpx__argv_finish(&cmds[s]);
     }
     if (rc == 0)
-        rc = mpx__conn_pipeline(c, ns, cp, rep, rcs);
-    for (uint32_t s = 0; cmds && s < ns; s++) {
-        if (rep && rep[s])
-            freeReplyObject(rep[s]);
-        mpx__argv_free(&cmds[s]);
-    }
-    free(cmds);
-    free(cp);
-    free(rep);
-    free(rcs);
+        rc = mpx__pipe_run(&p, c);
+    mpx__pipe_free(&p);
     return rc;
 }
 
@@ -307,11 +297,9 @@ static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen
 
     uint32_t *act = malloc(ns * sizeof *act), nact = ns;
     char (*live)[64] = malloc(ns * sizeof *live);
-    mpx__argv_t *cmds = calloc(ns, sizeof *cmds);
-    mpx__argv_t **cp = malloc(ns * sizeof *cp);
-    redisReply **rep = calloc(ns, sizeof *rep);
-    int *rcs = calloc(ns, sizeof *rcs);
-    if (!act || !live || !cmds || !cp || !rep || !rcs) {
+    mpx__pipe_t p;
+    bool pipe_ok = mpx__pipe_init(&p, ns) == 0;
+    if (!act || !live || !pipe_ok) {
         rc = mpx__fail(MPX_ENOMEM, "out of memory");
         nact = 0;
     }
@@ -326,17 +314,16 @@ static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen
             *more = true;
             break;
         }
-        for (uint32_t j = 0; j < nact; j++) {
-            mpx__argv_reset(&cmds[j]);
-            cp[j] = &cmds[j];
+        mpx__pipe_clear(&p);
+        for (uint32_t j = 0; j < nact; j++)
             if (mpx__cmd_s_drain(k, (const char(*)[41])c->shas, act[j], addr, gen, live[act[j]],
-                                 m->opt.reap_chunk, &cmds[j]))
+                                 m->opt.reap_chunk, mpx__pipe_add(&p)))
                 rc = mpx__fail(MPX_ENOMEM, "out of memory");
-            mpx__argv_finish(&cmds[j]);
-        }
         if (rc)
             break;
-        int prc = mpx__conn_pipeline(c, nact, cp, rep, rcs);
+        int prc = mpx__pipe_run(&p, c);
+        redisReply **rep = p.rep;
+        const int *rcs = p.rcs;
         uint32_t keep = 0;
         for (uint32_t j = 0; j < nact; j++) {
             uint32_t sh = act[j];
@@ -375,24 +362,13 @@ static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen
                 if (elem_int(rep[j], 2) > 0)
                     act[keep++] = sh;
             }
-            freeReplyObject(rep[j]);
-            rep[j] = NULL;
         }
-        for (uint32_t j = 0; j < nact; j++)
-            if (rep[j]) {
-                freeReplyObject(rep[j]);
-                rep[j] = NULL;
-            }
         nact = keep;
     }
-    for (uint32_t j = 0; cmds && j < ns; j++)
-        mpx__argv_free(&cmds[j]);
+    if (pipe_ok)
+        mpx__pipe_free(&p);
     free(act);
     free(live);
-    free(cmds);
-    free(cp);
-    free(rep);
-    free(rcs);
     if (rc == 0 && nact == 0 && !*more && !first_err) {
         mpx__argv_init(&a);
         if (mpx__argv_push(&a, "HDEL", 4) | mpx__argv_push(&a, k->drains, k->drains_len) |

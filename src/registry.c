@@ -323,15 +323,12 @@ int mpx__owners(mpx_t *m, mpx__conn_t *c, size_t n, const void *const *ids, cons
     size_t *count = calloc((size_t)ns + 1, sizeof *count);
     size_t *order = malloc(n * sizeof *order);
     uint32_t *shard = malloc(n * sizeof *shard);
-    size_t ncmd_max = n + ns;
-    mpx__argv_t *cmds = calloc(ncmd_max, sizeof *cmds);
-    mpx__argv_t **cp = malloc(ncmd_max * sizeof *cp);
+    size_t ncmd_max = n / OWNERS_PER_CMD + (n < ns ? n : ns) + 1;
     size_t *first = malloc(ncmd_max * sizeof *first);
-    redisReply **rep = calloc(ncmd_max, sizeof *rep);
-    int *rcs = calloc(ncmd_max, sizeof *rcs);
+    mpx__pipe_t p;
+    bool pipe_ok = mpx__pipe_init(&p, ncmd_max) == 0;
     int rc = 0;
-    size_t ncmd = 0;
-    if (!count || !order || !shard || !cmds || !cp || !first || !rep || !rcs) {
+    if (!count || !order || !shard || !first || !pipe_ok) {
         rc = mpx__fail(MPX_ENOMEM, "out of memory");
         goto out;
     }
@@ -343,51 +340,43 @@ int mpx__owners(mpx_t *m, mpx__conn_t *c, size_t n, const void *const *ids, cons
         count[s + 1] += count[s];
     for (size_t i = 0; i < n; i++)
         order[count[shard[i]]++] = i;
-    for (size_t p = 0; p < n && rc == 0;) {
-        uint32_t s = shard[order[p]];
-        size_t q = p;
-        mpx__argv_t *a = &cmds[ncmd];
-        first[ncmd] = p;
-        cp[ncmd++] = a;
-        int r = mpx__argv_push(a, "HMGET", 5) | mpx__key_hash(k, s, a);
-        while (q < n && q - p < OWNERS_PER_CMD && shard[order[q]] == s) {
+    for (size_t q0 = 0; q0 < n && rc == 0;) {
+        uint32_t s = shard[order[q0]];
+        size_t q = q0;
+        first[p.n] = q0;
+        mpx__argv_t *a = mpx__pipe_add(&p);
+        int r = !a || mpx__argv_push(a, "HMGET", 5) || mpx__key_hash(k, s, a);
+        while (!r && q < n && q - q0 < OWNERS_PER_CMD && shard[order[q]] == s) {
             r |= mpx__argv_push(a, ids[order[q]], lens[order[q]]);
             q++;
         }
-        mpx__argv_finish(a);
         if (r)
             rc = mpx__fail(MPX_ENOMEM, "out of memory");
-        p = q;
+        q0 = q;
     }
     if (rc == 0)
-        rc = mpx__conn_pipeline(c, ncmd, cp, rep, rcs);
-    for (size_t j = 0; rc == 0 && j < ncmd; j++) {
-        size_t want = cmds[j].argc - 2;
-        if (rep[j]->type != REDIS_REPLY_ARRAY || rep[j]->elements != want) {
-            rc = mpx__fail(MPX_EPROTO, "HMGET %.*s: unexpected reply", (int)cmds[j].lens[1],
-                           cmds[j].argv[1]);
+        rc = mpx__pipe_run(&p, c);
+    for (size_t j = 0; rc == 0 && j < p.n; j++) {
+        const mpx__argv_t *a = &p.cmds[j];
+        size_t want = a->argc - 2;
+        if (p.rep[j]->type != REDIS_REPLY_ARRAY || p.rep[j]->elements != want) {
+            rc = mpx__fail(MPX_EPROTO, "HMGET %.*s: unexpected reply", (int)a->lens[1],
+                           a->argv[1]);
             break;
         }
         for (size_t e = 0; e < want; e++) {
-            redisReply *x = rep[j]->element[e];
+            redisReply *x = p.rep[j]->element[e];
             if (x->type == REDIS_REPLY_STRING)
                 found(ctx, order[first[j] + e], x->str, x->len);
         }
     }
 out:
-    for (size_t j = 0; j < ncmd; j++) {
-        if (rep && rep[j])
-            freeReplyObject(rep[j]);
-        mpx__argv_free(&cmds[j]);
-    }
+    if (pipe_ok)
+        mpx__pipe_free(&p);
     free(count);
     free(order);
     free(shard);
-    free(cmds);
-    free(cp);
     free(first);
-    free(rep);
-    free(rcs);
     return rc;
 }
 

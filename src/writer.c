@@ -332,26 +332,17 @@ typedef struct sbatch {
     uint32_t *shard;       /* per op, before ordering */
     size_t *count;         /* nshards + 1 */
     sgroup_t *g;
-    size_t ng;
-    mpx__argv_t *cmds;
-    mpx__argv_t **cp;
-    redisReply **rep;
-    int *rcs;
-    size_t cap_g;
+    size_t ng, cap_g;
+    mpx__pipe_t pipe;      /* one command per group not yet written */
 } sbatch_t;
 
 static void sbatch_free(sbatch_t *b)
 {
-    for (size_t i = 0; b->cmds && i < b->cap_g; i++)
-        mpx__argv_free(&b->cmds[i]);
     free(b->ops);
     free(b->shard);
     free(b->count);
     free(b->g);
-    free(b->cmds);
-    free(b->cp);
-    free(b->rep);
-    free(b->rcs);
+    mpx__pipe_free(&b->pipe);
     memset(b, 0, sizeof *b);
 }
 
@@ -364,11 +355,7 @@ static int sbatch_init(sbatch_t *b, size_t batch_max, uint32_t nshards)
     b->shard = malloc(batch_max * sizeof *b->shard);
     b->count = malloc(((size_t)nshards + 1) * sizeof *b->count);
     b->g = malloc(b->cap_g * sizeof *b->g);
-    b->cmds = calloc(b->cap_g, sizeof *b->cmds);
-    b->cp = malloc(b->cap_g * sizeof *b->cp);
-    b->rep = calloc(b->cap_g, sizeof *b->rep);
-    b->rcs = calloc(b->cap_g, sizeof *b->rcs);
-    if (!b->ops || !b->shard || !b->count || !b->g || !b->cmds || !b->cp || !b->rep || !b->rcs) {
+    if (mpx__pipe_init(&b->pipe, b->cap_g) || !b->ops || !b->shard || !b->count || !b->g) {
         sbatch_free(b);
         return MPX_ENOMEM;
     }
@@ -405,37 +392,28 @@ static void sbatch_group(mpx_t *m, sbatch_t *b, const mpx__op_t *ops, size_t n)
 static int sbatch_send(mpx_t *m, mpx__writer_t *w, sbatch_t *b, const char *addr,
                        const char *gen)
 {
-    size_t k = 0;
-    int rc = 0;
-    for (size_t i = 0; i < b->ng; i++) {
-        if (b->g[i].done)
-            continue;
-        mpx__argv_t *a = &b->cmds[k];
-        mpx__argv_reset(a);
-        if (mpx__cmd_s_write(&m->keys, (const char(*)[41])w->conn.shas, b->g[i].shard, addr, gen,
-                             b->ops + b->g[i].first, b->g[i].n, a))
+    mpx__pipe_t *p = &b->pipe;
+    mpx__pipe_clear(p);
+    for (size_t i = 0; i < b->ng; i++)
+        if (!b->g[i].done &&
+            mpx__cmd_s_write(&m->keys, (const char(*)[41])w->conn.shas, b->g[i].shard, addr, gen,
+                             b->ops + b->g[i].first, b->g[i].n, mpx__pipe_add(p)))
             return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
-        mpx__argv_finish(a);
-        b->cp[k++] = a;
-    }
-    if (k == 0)
+    if (p->n == 0)
         return 0;
-    rc = mpx__conn_pipeline(&w->conn, k, b->cp, b->rep, b->rcs);
+    int rc = mpx__pipe_run(p, &w->conn);
     size_t j = 0;
     for (size_t i = 0; i < b->ng; i++) {
         if (b->g[i].done)
             continue;
-        if (b->rcs[j] == 0 && b->rep[j]) {
+        if (p->rcs[j] == 0 && p->rep[j]) {
             tx_t t = {b->ops + b->g[i].first, b->g[i].n, 0};
             acknowledged(m, &t);
             b->g[i].done = true;
         }
-        if (b->rep[j]) {
-            freeReplyObject(b->rep[j]);
-            b->rep[j] = NULL;
-        }
         j++;
     }
+    mpx__pipe_clear(p);
     return rc;
 }
 
