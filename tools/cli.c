@@ -553,13 +553,9 @@ static void drain_pending(void)
 
 #define BATCH_WINDOW 512 /* commands per mpx__conn_pipeline call */
 
-typedef struct batch {
-    mpx__argv_t *cmds;
-    mpx__argv_t **cp;
-    redisReply **rep;
-    int *rcs;
-    size_t n, cap;
-} batch_t;
+/* A pipe that grows as commands are added ({0}: empty; mpx__pipe_clear
+ * empties it again, mpx__pipe_free releases it). */
+typedef mpx__pipe_t batch_t;
 
 /* A fresh command at the end of the batch. The pointer is valid until the
  * next batch_add (fill it before adding another). */
@@ -568,33 +564,32 @@ static mpx__argv_t *batch_add(batch_t *b)
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 64;
         b->cmds = xrealloc(b->cmds, cap * sizeof *b->cmds);
-        for (size_t i = b->cap; i < cap; i++)
-            mpx__argv_init(&b->cmds[i]);
         b->cp = xrealloc(b->cp, cap * sizeof *b->cp);
         b->rep = xrealloc(b->rep, cap * sizeof *b->rep);
         b->rcs = xrealloc(b->rcs, cap * sizeof *b->rcs);
+        for (size_t i = 0; i < b->n; i++)
+            b->cp[i] = &b->cmds[i]; /* the commands moved */
+        for (size_t i = b->cap; i < cap; i++) {
+            mpx__argv_init(&b->cmds[i]);
+            b->rep[i] = NULL;
+            b->rcs[i] = 0;
+        }
         b->cap = cap;
     }
-    mpx__argv_t *a = &b->cmds[b->n];
-    mpx__argv_reset(a);
-    b->rep[b->n] = NULL;
-    b->rcs[b->n] = 0;
-    b->n++;
-    return a;
+    return mpx__pipe_add(b);
 }
 
-/* Send every command, read every reply. Returns 0, or the first error (the
- * failed commands have rcs[i] != 0 and rep[i] NULL). */
+/* Send every command, read every reply, BATCH_WINDOW commands at a time.
+ * Returns 0, or the first error (the failed commands have rcs[i] != 0 and
+ * rep[i] NULL). */
 static int batch_exec(batch_t *b)
 {
-    for (size_t i = 0; i < b->n; i++) {
-        mpx__argv_finish(&b->cmds[i]);
-        b->cp[i] = &b->cmds[i];
-    }
     int first = 0;
     for (size_t base = 0; base < b->n; base += BATCH_WINDOW) {
         size_t m = b->n - base < BATCH_WINDOW ? b->n - base : BATCH_WINDOW;
-        int rc = mpx__conn_pipeline(&G.conn, m, b->cp + base, b->rep + base, b->rcs + base);
+        mpx__pipe_t w = {.n = m, .cap = m, .cmds = b->cmds + base, .cp = b->cp + base,
+                         .rep = b->rep + base, .rcs = b->rcs + base};
+        int rc = mpx__pipe_run(&w, &G.conn);
         if (rc && !first)
             first = rc;
     }
@@ -606,28 +601,6 @@ static void batch_run(batch_t *b, const char *what)
 {
     if (batch_exec(b) != 0)
         die("redis: %s: %s", what, mpx_last_error());
-}
-
-static void batch_clear(batch_t *b)
-{
-    for (size_t i = 0; i < b->n; i++)
-        if (b->rep[i]) {
-            freeReplyObject(b->rep[i]);
-            b->rep[i] = NULL;
-        }
-    b->n = 0;
-}
-
-static void batch_free(batch_t *b)
-{
-    batch_clear(b);
-    for (size_t i = 0; i < b->cap; i++)
-        mpx__argv_free(&b->cmds[i]);
-    free(b->cmds);
-    free(b->cp);
-    free(b->rep);
-    free(b->rcs);
-    memset(b, 0, sizeof *b);
 }
 
 /* The reply of command i, which must be an array of n elements. */
@@ -843,7 +816,7 @@ static void sharded_counts(const char *const *addrs, size_t n, const kvl_t *gens
             batch_run(&b, "SCARD");
             for (size_t j = 0; j < b.n; j++)
                 out[owner[j]] += reply_int(b.rep[j]);
-            batch_clear(&b);
+            mpx__pipe_clear(&b);
         }
     }
     if (b.n) {
@@ -851,7 +824,7 @@ static void sharded_counts(const char *const *addrs, size_t n, const kvl_t *gens
         for (size_t j = 0; j < b.n; j++)
             out[owner[j]] += reply_int(b.rep[j]);
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     free(owner);
 }
 
@@ -868,10 +841,10 @@ static long long sharded_hlen(void)
             batch_run(&b, "HLEN");
             for (size_t j = 0; j < b.n; j++)
                 total += reply_int(b.rep[j]);
-            batch_clear(&b);
+            mpx__pipe_clear(&b);
         }
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     return total;
 }
 
@@ -938,9 +911,9 @@ static srvinfo_t *server_infos_sharded(strlist_t *servers, const kvl_t *gens)
             s->sparks = counts[base + i];
             srvinfo_fill(s, b.rep[3 * i], b.rep[3 * i + 1], b.rep[3 * i + 2], epoch);
         }
-        batch_clear(&b);
+        mpx__pipe_clear(&b);
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     free(counts);
     return info;
 }
@@ -1110,7 +1083,7 @@ static int cmd_spark(int argc, char **argv)
         redisReply *r = NULL;
         if (G.sharded) {
             /* one HGET per id, in its shard's hash, pipelined */
-            batch_clear(&b);
+            mpx__pipe_clear(&b);
             for (int i = 0; i < m; i++) {
                 const char *id = argv[base + i];
                 mpx__argv_t *c = batch_add(&b);
@@ -1153,7 +1126,7 @@ static int cmd_spark(int argc, char **argv)
         if (r)
             freeReplyObject(r);
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     free(vals);
     mpx__argv_free(&a);
     if (G.json)
@@ -1891,9 +1864,9 @@ static void phase_servers(engine_t *e)
                                             : "would reap after --interval unless it comes back";
             finding(e, K_SERVER_NO_ALIVE, addr, NULL, 0, detail, action, false);
         }
-        batch_clear(&b);
+        mpx__pipe_clear(&b);
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     sl_free(&servers);
 }
 
@@ -2057,9 +2030,9 @@ static void sh_load(engine_t *e)
         for (size_t i = 0; i < m; i++)
             if (reply_int(b.rep[i]) > 0)
                 sl_add(&e->live, addrs.v[base + i], strlen(addrs.v[base + i]));
-        batch_clear(&b);
+        mpx__pipe_clear(&b);
     }
-    batch_free(&b);
+    mpx__pipe_free(&b);
     sl_free(&addrs);
     sl_sort(&e->live);
 }
@@ -2142,7 +2115,7 @@ static void sh_phase_control(engine_t *e)
         push(q, addr);
         batch_run(&c, "SISMEMBER/HEXISTS");
         bool still = reply_int(c.rep[0]) == 1 && reply_int(c.rep[1]) == 0;
-        batch_free(&c);
+        mpx__pipe_free(&c);
         if (!still)
             continue;
         bool live = sh_live(e, addr);
@@ -2224,7 +2197,7 @@ static void sh_keys_chunk(void *ctx, size_t node, redisReply *keys)
                         "left: the server registers again at its next heartbeat, or the key "
                         "expires",
                         false);
-            batch_free(&c);
+            mpx__pipe_free(&c);
             continue;
         }
         const char *live = kvl_get(&e->gens, addr);
@@ -2260,7 +2233,7 @@ static void sh_keys_chunk(void *ctx, size_t node, redisReply *keys)
         freeReplyObject(r);
     }
     mpx__argv_free(&a);
-    batch_free(&b);
+    mpx__pipe_free(&b);
     free(cmd);
     free(kind);
     free(shard);
@@ -2359,7 +2332,7 @@ static void sh_phase_markers(engine_t *e)
                 act[keep++] = act[j];
         }
         nact = keep;
-        batch_clear(&b);
+        mpx__pipe_clear(&b);
     }
     free(act);
     free(order);
@@ -2421,7 +2394,7 @@ static void sh_phase_markers(engine_t *e)
             else
                 kvl_del(&e->markers[f->shard], f->addr);
         }
-        batch_clear(&b);
+        mpx__pipe_clear(&b);
     }
     for (size_t i = 0; i < nfx; i++) {
         free(fx[i].addr);
@@ -2430,7 +2403,7 @@ static void sh_phase_markers(engine_t *e)
         free(fx[i].gen);
     }
     free(fx);
-    batch_free(&b);
+    mpx__pipe_free(&b);
 }
 
 /* Per-round work lists of the hash and set phases. */
@@ -2721,18 +2694,18 @@ static void sh_phase_hash(engine_t *e)
         }
         stray_findings(e, &stray, &bf, nhash, fc.first + nhash, fc.count + nhash,
                        fc.ncmd - nhash, NULL);
-        batch_clear(&bf);
-        batch_clear(&bp);
-        batch_clear(&bs);
+        mpx__pipe_clear(&bf);
+        mpx__pipe_clear(&bp);
+        mpx__pipe_clear(&bs);
         size_t keep = 0;
         for (size_t j = 0; j < nact; j++)
             if (strcmp(act[j].cursor, "0") != 0)
                 act[keep++] = act[j];
         nact = keep;
     }
-    batch_free(&bs);
-    batch_free(&bp);
-    batch_free(&bf);
+    mpx__pipe_free(&bs);
+    mpx__pipe_free(&bp);
+    mpx__pipe_free(&bf);
     idl_free(&sus);
     idl_free(&stray);
     free(fc.first);
@@ -2876,18 +2849,18 @@ static void sh_phase_sets(engine_t *e)
         }
         stray_findings(e, &stray, &bf, nset, fc.first + nset, fc.count + nset, fc.ncmd - nset,
                        jobsets);
-        batch_clear(&bf);
-        batch_clear(&bp);
-        batch_clear(&bs);
+        mpx__pipe_clear(&bf);
+        mpx__pipe_clear(&bp);
+        mpx__pipe_clear(&bs);
         size_t keep = 0;
         for (size_t j = 0; j < nact; j++)
             if (strcmp(act[j].cursor, "0") != 0)
                 act[keep++] = act[j];
         nact = keep;
     }
-    batch_free(&bs);
-    batch_free(&bp);
-    batch_free(&bf);
+    mpx__pipe_free(&bs);
+    mpx__pipe_free(&bp);
+    mpx__pipe_free(&bf);
     idl_free(&mem);
     idl_free(&sus);
     idl_free(&stray);
@@ -3221,7 +3194,7 @@ static void snap_take(snap_t *s)
         batch_run(&b, "EXISTS");
         for (size_t i = 0; i < n; i++)
             s->live[i] = reply_int(b.rep[i]) == 1;
-        batch_free(&b);
+        mpx__pipe_free(&b);
         kvl_free(&gens);
         s->t_ms = now_ms();
         return;

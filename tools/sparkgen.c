@@ -2244,19 +2244,28 @@ static long long sg_intn(sg_run_t *r, int record, const char *const *args, size_
 /* The same, failures not recorded (polling). */
 #define sg_int_quiet(r, ...) sg_intn((r), 0, SG_ARGS(__VA_ARGS__))
 
-/* n independent single-slot commands, pipelined (per master on a cluster).
- * Returns 0 when the connection was usable (replies[i] or rcs[i] per
- * command, as mpx__conn_pipeline), else -1 (recorded when `record`). */
-static int sg_pipeline(sg_run_t *r, int record, size_t n, mpx__argv_t *const *cmds,
-                       redisReply **replies, int *rcs)
+/* The next command of p, or die (p was made large enough). */
+static mpx__argv_t *sg_pipe_add(mpx__pipe_t *p)
 {
-    for (size_t i = 0; i < n; i++) {
-        replies[i] = NULL;
-        rcs[i] = MPX_ECONN;
+    mpx__argv_t *a = mpx__pipe_add(p);
+    if (!a)
+        sg_die_build("commands");
+    return a;
+}
+
+/* p's independent single-slot commands, pipelined (per master on a
+ * cluster). Returns 0 when the connection was usable (p->rep[i] or
+ * p->rcs[i] per command, as mpx__conn_pipeline), else -1 (recorded when
+ * `record`). */
+static int sg_pipeline(sg_run_t *r, int record, mpx__pipe_t *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        p->rep[i] = NULL;
+        p->rcs[i] = MPX_ECONN;
     }
     if (!sg_check_ready(r, record))
         return -1;
-    mpx__conn_pipeline(&r->conn, n, cmds, replies, rcs);
+    mpx__pipe_run(p, &r->conn);
     return 0;
 }
 
@@ -2326,47 +2335,35 @@ static long long sg_shards_sum(sg_run_t *r, int record, const char *cmd, int kin
                                const char *addr, const char *gen, long long *per)
 {
     uint32_t S = r->keys.nshards;
-    mpx__argv_t *cmds = calloc(S, sizeof *cmds);
-    mpx__argv_t **cp = calloc(S, sizeof *cp);
-    redisReply **rep = calloc(S, sizeof *rep);
-    int *rcs = calloc(S, sizeof *rcs);
-    if (!cmds || !cp || !rep || !rcs)
+    mpx__pipe_t p;
+    if (mpx__pipe_init(&p, S) != 0)
         sg_die_build("commands");
     char key[SG_KEY_CAP];
     for (uint32_t s = 0; s < S; s++) {
-        mpx__argv_init(&cmds[s]);
-        cp[s] = &cmds[s];
+        mpx__argv_t *a = sg_pipe_add(&p);
         sg_kname(r, key, kind, s, addr, gen);
-        SG_OK(mpx__argv_push(&cmds[s], cmd, strlen(cmd)), "a command");
-        SG_OK(mpx__argv_pushcat(&cmds[s], key, strlen(key), "", 0), "a command");
-        mpx__argv_finish(&cmds[s]);
+        SG_OK(mpx__argv_push(a, cmd, strlen(cmd)), "a command");
+        SG_OK(mpx__argv_pushcat(a, key, strlen(key), "", 0), "a command");
     }
     long long sum = 0;
-    if (sg_pipeline(r, record, S, cp, rep, rcs) != 0)
+    if (sg_pipeline(r, record, &p) != 0)
         sum = SG_INT_FAIL;
     for (uint32_t s = 0; s < S && sum != SG_INT_FAIL; s++) {
-        if (rcs[s] == 0 && rep[s] && rep[s]->type == REDIS_REPLY_INTEGER) {
-            sum += rep[s]->integer;
+        const redisReply *y = p.rep[s];
+        if (p.rcs[s] == 0 && y && y->type == REDIS_REPLY_INTEGER) {
+            sum += y->integer;
             if (per)
-                per[s] = rep[s]->integer;
+                per[s] = y->integer;
             continue;
         }
         if (record) {
             char t[200], msg[512];
-            sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&cmds[s], t, sizeof t),
-                        rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
+            sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&p.cmds[s], t, sizeof t),
+                        p.rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
         }
         sum = SG_INT_FAIL;
     }
-    for (uint32_t s = 0; s < S; s++) {
-        if (rep[s])
-            freeReplyObject(rep[s]);
-        mpx__argv_free(&cmds[s]);
-    }
-    free(cmds);
-    free(cp);
-    free(rep);
-    free(rcs);
+    mpx__pipe_free(&p);
     return sum;
 }
 
@@ -3580,20 +3577,13 @@ static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
     size_t *start = malloc(((size_t)S + 1) * sizeof *start);
     size_t *fill = malloc((size_t)S * sizeof *fill);
     sg_idcmd_t *cm = malloc(maxcmds * sizeof *cm);
-    mpx__argv_t *argv = calloc(maxcmds, sizeof *argv);
-    mpx__argv_t **cp = calloc(maxcmds, sizeof *cp);
-    redisReply **rep = calloc(maxcmds, sizeof *rep);
-    int *rcs = malloc(maxcmds * sizeof *rcs);
-    if (!ids || !lens || !idx || !shard || !order || !start || !fill || !cm || !argv || !cp ||
-        !rep || !rcs) {
+    mpx__pipe_t p;
+    int nomem = mpx__pipe_init(&p, maxcmds) != 0;
+    if (nomem || !ids || !lens || !idx || !shard || !order || !start || !fill || !cm) {
         out->failed = 1;
         if (record)
             sg_mismatch(r, "verify: out of memory");
         goto done;
-    }
-    for (size_t c = 0; c < maxcmds; c++) {
-        mpx__argv_init(&argv[c]);
-        cp[c] = &argv[c];
     }
     char okey[SG_KEY_CAP];
     for (uint64_t j0 = 0; j0 < s->expected && !out->failed; j0 += block) {
@@ -3611,64 +3601,58 @@ static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
         }
         for (size_t k = 0; k < n; k++)
             order[fill[shard[k]]++] = k;
-        /* The round's commands, shard by shard. */
-        size_t nc = 0;
+        /* The round's commands, shard by shard (cm[c]: what p's command c asks). */
+        mpx__pipe_clear(&p);
         for (uint32_t q = 0; q < S; q++) {
             if (check_set && start[q + 1] > start[q])
                 sg_key_own(r, okey, q, v);
             for (size_t f = start[q]; f < start[q + 1]; f += SG_CHUNK) {
                 size_t m = start[q + 1] - f < SG_CHUNK ? start[q + 1] - f : SG_CHUNK;
-                mpx__argv_t *a = &argv[nc];
-                mpx__argv_reset(a);
+                mpx__argv_t *a = sg_pipe_add(&p);
+                cm[p.n - 1] = (sg_idcmd_t){0, q, f, m};
                 SG_OK(mpx__argv_push(a, "HMGET", 5), "HMGET");
                 SG_OK(mpx__key_hash(&r->keys, q, a), "HMGET");
                 for (size_t t = 0; t < m; t++)
                     SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]), "HMGET");
-                mpx__argv_finish(a);
-                cm[nc++] = (sg_idcmd_t){0, q, f, m};
                 if (!check_set)
                     continue;
                 if (!r->no_smismember) {
-                    a = &argv[nc];
-                    mpx__argv_reset(a);
+                    a = sg_pipe_add(&p);
+                    cm[p.n - 1] = (sg_idcmd_t){1, q, f, m};
                     SG_OK(mpx__argv_push(a, "SMISMEMBER", 10), "SMISMEMBER");
                     SG_OK(mpx__argv_pushcat(a, okey, strlen(okey), "", 0), "SMISMEMBER");
                     for (size_t t = 0; t < m; t++)
                         SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]),
                               "SMISMEMBER");
-                    mpx__argv_finish(a);
-                    cm[nc++] = (sg_idcmd_t){1, q, f, m};
                 } else {
                     for (size_t t = 0; t < m; t++) {
-                        a = &argv[nc];
-                        mpx__argv_reset(a);
+                        a = sg_pipe_add(&p);
+                        cm[p.n - 1] = (sg_idcmd_t){2, q, f + t, 1};
                         SG_OK(mpx__argv_push(a, "SISMEMBER", 9), "SISMEMBER");
                         SG_OK(mpx__argv_pushcat(a, okey, strlen(okey), "", 0), "SISMEMBER");
                         SG_OK(mpx__argv_push(a, ids[order[f + t]], lens[order[f + t]]),
                               "SISMEMBER");
-                        mpx__argv_finish(a);
-                        cm[nc++] = (sg_idcmd_t){2, q, f + t, 1};
                     }
                 }
             }
         }
-        if (sg_pipeline(r, record, nc, cp, rep, rcs) != 0) {
+        if (sg_pipeline(r, record, &p) != 0) {
             out->failed = 1;
             break;
         }
-        for (size_t c = 0; c < nc; c++) {
+        for (size_t c = 0; c < p.n; c++) {
             const sg_idcmd_t *x = &cm[c];
-            redisReply *y = rep[c];
+            redisReply *y = p.rep[c];
             char key[SG_KEY_CAP];
-            sg_arg_text(&argv[c], 1, key, sizeof key);
+            sg_arg_text(&p.cmds[c], 1, key, sizeof key);
             int shape_ok = y && (x->kind == 2 ? y->type == REDIS_REPLY_INTEGER
                                               : y->type == REDIS_REPLY_ARRAY &&
                                                     y->elements == x->n);
-            if (rcs[c] != 0 || !shape_ok) {
+            if (p.rcs[c] != 0 || !shape_ok) {
                 if (record && !out->failed) {
                     char msg[512];
-                    const char *why = rcs[c] ? sg_lib_msg(r, msg, sizeof msg)
-                                             : y && y->str ? y->str : "unexpected reply";
+                    const char *why = p.rcs[c] ? sg_lib_msg(r, msg, sizeof msg)
+                                               : y && y->str ? y->str : "unexpected reply";
                     if (x->kind == 0)
                         sg_mismatch(r, "HMGET %s (%zu ids of server %u) failed: %s", key, x->n,
                                     v, why);
@@ -3716,20 +3700,9 @@ static void sg_check_ids(sg_run_t *r, unsigned v, int record, sg_idcheck_t *out)
                 }
             }
         }
-        for (size_t c = 0; c < nc; c++)
-            if (rep[c]) {
-                freeReplyObject(rep[c]);
-                rep[c] = NULL;
-            }
     }
 done:
-    if (argv)
-        for (size_t c = 0; c < maxcmds; c++)
-            mpx__argv_free(&argv[c]);
-    if (rep)
-        for (size_t c = 0; c < maxcmds; c++)
-            if (rep[c])
-                freeReplyObject(rep[c]);
+    mpx__pipe_free(&p);
     free(ids);
     free(lens);
     free(idx);
@@ -3738,10 +3711,6 @@ done:
     free(start);
     free(fill);
     free(cm);
-    free(argv);
-    free(cp);
-    free(rep);
-    free(rcs);
 }
 
 /* 1 if no id of server v is left in the hash (quiet). */
@@ -3822,47 +3791,34 @@ static int sg_shard_markers(sg_run_t *r, int record,
 {
     uint32_t S = r->keys.nshards;
     unsigned V = r->cfg.servers;
-    mpx__argv_t *cmds = calloc(S, sizeof *cmds);
-    mpx__argv_t **cp = calloc(S, sizeof *cp);
-    redisReply **rep = calloc(S, sizeof *rep);
-    int *rcs = calloc(S, sizeof *rcs);
-    if (!cmds || !cp || !rep || !rcs)
+    mpx__pipe_t p;
+    if (mpx__pipe_init(&p, S) != 0)
         sg_die_build("commands");
     for (uint32_t s = 0; s < S; s++) {
-        mpx__argv_init(&cmds[s]);
-        cp[s] = &cmds[s];
-        SG_OK(mpx__argv_push(&cmds[s], "HMGET", 5), "HMGET");
-        SG_OK(mpx__key_shard_gens(&r->keys, s, &cmds[s]), "HMGET");
+        mpx__argv_t *a = sg_pipe_add(&p);
+        SG_OK(mpx__argv_push(a, "HMGET", 5), "HMGET");
+        SG_OK(mpx__key_shard_gens(&r->keys, s, a), "HMGET");
         for (unsigned v = 0; v < V; v++)
-            SG_OK(mpx__argv_push(&cmds[s], r->srv[v].address, strlen(r->srv[v].address)),
-                  "HMGET");
-        mpx__argv_finish(&cmds[s]);
+            SG_OK(mpx__argv_push(a, r->srv[v].address, strlen(r->srv[v].address)), "HMGET");
     }
-    int status = sg_pipeline(r, record, S, cp, rep, rcs);
+    int status = sg_pipeline(r, record, &p);
     for (uint32_t s = 0; s < S && status == 0; s++) {
-        if (rcs[s] || !rep[s] || rep[s]->type != REDIS_REPLY_ARRAY || rep[s]->elements != V) {
+        const redisReply *y = p.rep[s];
+        if (p.rcs[s] || !y || y->type != REDIS_REPLY_ARRAY || y->elements != V) {
             if (record) {
                 char t[200], msg[512];
-                sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&cmds[s], t, sizeof t),
-                            rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
+                sg_mismatch(r, "'%s' failed: %s", sg_cmd_text(&p.cmds[s], t, sizeof t),
+                            p.rcs[s] ? sg_lib_msg(r, msg, sizeof msg) : "unexpected reply");
             }
             status = -1;
             break;
         }
         for (unsigned v = 0; v < V; v++) {
-            const redisReply *e = rep[s]->element[v];
+            const redisReply *e = y->element[v];
             each(r, s, v, e->type == REDIS_REPLY_STRING ? e->str : NULL, arg);
         }
     }
-    for (uint32_t s = 0; s < S; s++) {
-        if (rep[s])
-            freeReplyObject(rep[s]);
-        mpx__argv_free(&cmds[s]);
-    }
-    free(cmds);
-    free(cp);
-    free(rep);
-    free(rcs);
+    mpx__pipe_free(&p);
     return status;
 }
 
