@@ -1979,7 +1979,7 @@ static size_t *by_master(const unsigned *slots, size_t n)
 }
 
 /* The shards, masters taken in turn. */
-static uint32_t *shard_order(void)
+static size_t *shard_order(void)
 {
     uint32_t S = G.keys.nshards;
     unsigned *slots = xmalloc(S * sizeof *slots);
@@ -1987,12 +1987,8 @@ static uint32_t *shard_order(void)
     for (uint32_t s = 0; s < S; s++)
         slots[s] = mpx__shard_slot(&G.keys, s);
     size_t *o = by_master(slots, S);
-    uint32_t *out = xmalloc(S * sizeof *out);
-    for (uint32_t s = 0; s < S; s++)
-        out[s] = (uint32_t)o[s];
-    free(o);
     free(slots);
-    return out;
+    return o;
 }
 
 static bool valid_addr(const char *p, size_t n)
@@ -2280,6 +2276,65 @@ static redisReply *scan_reply(batch_t *b, size_t i, char *cursor, size_t cn, con
     return r->element[1];
 }
 
+/* The window of the sharded scans: at most inflight() SCAN-family jobs at a
+ * time over the items order[0..n-1], each job an item and its cursor. */
+typedef struct scanjob {
+    size_t item;
+    char cursor[32];
+} scanjob_t;
+
+typedef struct scanwin {
+    scanjob_t *act;
+    size_t *order; /* owned */
+    size_t n, next, nact, w;
+} scanwin_t;
+
+static void scanwin_init(scanwin_t *sw, size_t *order, size_t n)
+{
+    sw->w = inflight();
+    sw->act = xmalloc(sw->w * sizeof *sw->act);
+    sw->order = order;
+    sw->n = n;
+    sw->next = sw->nact = 0;
+}
+
+/* Start the next items (cursor 0) up to the window; the number started. */
+static size_t scanwin_fill(scanwin_t *sw)
+{
+    size_t started = 0;
+    while (sw->nact < sw->w && sw->next < sw->n) {
+        sw->act[sw->nact].item = sw->order[sw->next++];
+        strcpy(sw->act[sw->nact].cursor, "0");
+        sw->nact++;
+        started++;
+    }
+    return started;
+}
+
+/* The end of a SCAN-family command after its key: cursor COUNT chunk. */
+static void scan_args(mpx__argv_t *a, const char *cursor)
+{
+    push(a, cursor);
+    push(a, "COUNT");
+    mpx__argv_pushf(a, "%u", G.chunk);
+}
+
+/* Drop the jobs whose scan is complete (cursor back to 0). */
+static void scanwin_keep(scanwin_t *sw)
+{
+    size_t keep = 0;
+    for (size_t j = 0; j < sw->nact; j++)
+        if (strcmp(sw->act[j].cursor, "0") != 0)
+            sw->act[keep++] = sw->act[j];
+    sw->nact = keep;
+}
+
+static void scanwin_free(scanwin_t *sw)
+{
+    free(sw->act);
+    free(sw->order);
+}
+
 typedef struct mfix {
     uint32_t shard;
     int kind;
@@ -2294,48 +2349,34 @@ static void sh_phase_markers(engine_t *e)
     uint32_t S = G.keys.nshards;
     e->markers = xmalloc(S * sizeof *e->markers);
     memset(e->markers, 0, S * sizeof *e->markers);
-    size_t W = inflight();
-    uint32_t *order = shard_order();
-    struct mj {
-        uint32_t s;
-        char cursor[32];
-    } *act = xmalloc(W * sizeof *act);
-    size_t next = 0, nact = 0;
+    scanwin_t sw;
+    scanwin_init(&sw, shard_order(), S);
     batch_t b = {0};
     for (;;) {
-        while (nact < W && next < S) {
-            act[nact].s = order[next++];
-            strcpy(act[nact].cursor, "0");
-            nact++;
-        }
-        if (nact == 0)
+        scanwin_fill(&sw);
+        if (sw.nact == 0)
             break;
-        for (size_t j = 0; j < nact; j++) {
+        for (size_t j = 0; j < sw.nact; j++) {
             mpx__argv_t *a = batch_add(&b);
             push(a, "HSCAN");
-            mpx__key_shard_gens(&G.keys, act[j].s, a);
-            push(a, act[j].cursor);
-            push(a, "COUNT");
-            mpx__argv_pushf(a, "%u", G.chunk);
+            mpx__key_shard_gens(&G.keys, (uint32_t)sw.act[j].item, a);
+            scan_args(a, sw.act[j].cursor);
         }
         batch_run(&b, "HSCAN");
-        size_t keep = 0;
-        for (size_t j = 0; j < nact; j++) {
-            redisReply *arr = scan_reply(&b, j, act[j].cursor, sizeof act[j].cursor, "HSCAN");
+        for (size_t j = 0; j < sw.nact; j++) {
+            scanjob_t *jb = &sw.act[j];
+            redisReply *arr = scan_reply(&b, j, jb->cursor, sizeof jb->cursor, "HSCAN");
             for (size_t i = 0; i + 1 < arr->elements; i += 2) {
                 redisReply *f = arr->element[i], *v = arr->element[i + 1];
                 if (f->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
                     !memchr(f->str, 0, f->len) && !memchr(v->str, 0, v->len))
-                    kvl_set(&e->markers[act[j].s], f->str, f->len, v->str, v->len);
+                    kvl_set(&e->markers[jb->item], f->str, f->len, v->str, v->len);
             }
-            if (strcmp(act[j].cursor, "0") != 0)
-                act[keep++] = act[j];
         }
-        nact = keep;
+        scanwin_keep(&sw);
         mpx__pipe_clear(&b);
     }
-    free(act);
-    free(order);
+    scanwin_free(&sw);
 
     mfix_t *fx = NULL;
     size_t nfx = 0, cap = 0;
@@ -2541,14 +2582,8 @@ static void stray_findings(engine_t *e, const idl_t *l, const batch_t *b, size_t
  * s_fix_hash on the suspects and s_fix_stray on ids of other shards. */
 static void sh_phase_hash(engine_t *e)
 {
-    size_t W = inflight();
-    uint32_t S = G.keys.nshards;
-    uint32_t *order = shard_order();
-    struct hj {
-        uint32_t s;
-        char cursor[32];
-    } *act = xmalloc(W * sizeof *act);
-    size_t next = 0, nact = 0;
+    scanwin_t sw;
+    scanwin_init(&sw, shard_order(), G.keys.nshards);
     batch_t bs = {0}, bp = {0}, bf = {0};
     pair_t *pairs = NULL;
     size_t np = 0, pcap = 0;
@@ -2561,27 +2596,22 @@ static void sh_phase_hash(engine_t *e)
     idl_t sus = {0}, stray = {0};
     fixctx_t fc = {.e = e, .b = &bf};
     for (;;) {
-        while (nact < W && next < S) {
-            act[nact].s = order[next++];
-            strcpy(act[nact].cursor, "0");
-            nact++;
-        }
-        if (nact == 0)
+        scanwin_fill(&sw);
+        if (sw.nact == 0)
             break;
-        for (size_t j = 0; j < nact; j++) {
+        for (size_t j = 0; j < sw.nact; j++) {
             mpx__argv_t *a = batch_add(&bs);
             push(a, "HSCAN");
-            mpx__key_hash(&G.keys, act[j].s, a);
-            push(a, act[j].cursor);
-            push(a, "COUNT");
-            mpx__argv_pushf(a, "%u", G.chunk);
+            mpx__key_hash(&G.keys, (uint32_t)sw.act[j].item, a);
+            scan_args(a, sw.act[j].cursor);
         }
         batch_run(&bs, "HSCAN");
         np = ngrp = 0;
         sus.n = stray.n = 0;
-        for (size_t j = 0; j < nact; j++) {
-            uint32_t s = act[j].s;
-            redisReply *arr = scan_reply(&bs, j, act[j].cursor, sizeof act[j].cursor, "HSCAN");
+        for (size_t j = 0; j < sw.nact; j++) {
+            uint32_t s = (uint32_t)sw.act[j].item;
+            redisReply *arr =
+                scan_reply(&bs, j, sw.act[j].cursor, sizeof sw.act[j].cursor, "HSCAN");
             size_t n = arr->elements / 2, p0 = np;
             e->sc_hash += n;
             if (np + n > pcap) {
@@ -2697,11 +2727,7 @@ static void sh_phase_hash(engine_t *e)
         mpx__pipe_clear(&bf);
         mpx__pipe_clear(&bp);
         mpx__pipe_clear(&bs);
-        size_t keep = 0;
-        for (size_t j = 0; j < nact; j++)
-            if (strcmp(act[j].cursor, "0") != 0)
-                act[keep++] = act[j];
-        nact = keep;
+        scanwin_keep(&sw);
     }
     mpx__pipe_free(&bs);
     mpx__pipe_free(&bp);
@@ -2713,8 +2739,7 @@ static void sh_phase_hash(engine_t *e)
     free(fc.dg);
     free(pairs);
     free(grps);
-    free(act);
-    free(order);
+    scanwin_free(&sw);
 }
 
 /* Set suspects of one job (shard, address, generation): s_fix_set. */
@@ -2741,7 +2766,6 @@ static void set_stray_cmd(void *ctx, size_t first, size_t n)
  * none, s_fix_stray on ids of other shards. */
 static void sh_phase_sets(engine_t *e)
 {
-    size_t W = inflight();
     size_t nl = e->nlsets;
     if (nl == 0)
         return;
@@ -2750,43 +2774,34 @@ static void sh_phase_sets(engine_t *e)
     memset(slots, 0, nl * sizeof *slots);
     for (size_t i = 0; i < nl; i++)
         slots[i] = mpx__shard_slot(&G.keys, e->lsets[i].shard);
-    size_t *order = by_master(slots, nl);
+    scanwin_t sw;
+    scanwin_init(&sw, by_master(slots, nl), nl);
     free(slots);
-    struct sj {
-        size_t li;
-        char cursor[32];
-    } *act = xmalloc(W * sizeof *act);
+    size_t W = sw.w; /* the jobs' arrays */
     gset_t **jobsets = xmalloc(W * sizeof *jobsets);
-    size_t next = 0, nact = 0;
     batch_t bs = {0}, bp = {0}, bf = {0};
     idl_t mem = {0}, sus = {0}, stray = {0};
     size_t *pfirst = xmalloc(W * sizeof *pfirst), *pcount = xmalloc(W * sizeof *pcount);
     long *probe = xmalloc(W * sizeof *probe);
     fixctx_t fc = {.e = e, .b = &bf, .jobsets = jobsets};
     for (;;) {
-        while (nact < W && next < nl) {
-            act[nact].li = order[next++];
-            strcpy(act[nact].cursor, "0");
-            e->sc_sets++;
-            nact++;
-        }
-        if (nact == 0)
+        e->sc_sets += scanwin_fill(&sw);
+        if (sw.nact == 0)
             break;
-        for (size_t j = 0; j < nact; j++) {
-            gset_t *g = &e->lsets[act[j].li];
+        for (size_t j = 0; j < sw.nact; j++) {
+            gset_t *g = &e->lsets[sw.act[j].item];
             jobsets[j] = g;
             mpx__argv_t *a = batch_add(&bs);
             push(a, "SSCAN");
             mpx__key_own(&G.keys, g->shard, g->addr, g->gen, a);
-            push(a, act[j].cursor);
-            push(a, "COUNT");
-            mpx__argv_pushf(a, "%u", G.chunk);
+            scan_args(a, sw.act[j].cursor);
         }
         batch_run(&bs, "SSCAN");
         mem.n = sus.n = stray.n = 0;
-        for (size_t j = 0; j < nact; j++) {
+        for (size_t j = 0; j < sw.nact; j++) {
             gset_t *g = jobsets[j];
-            redisReply *arr = scan_reply(&bs, j, act[j].cursor, sizeof act[j].cursor, "SSCAN");
+            redisReply *arr =
+                scan_reply(&bs, j, sw.act[j].cursor, sizeof sw.act[j].cursor, "SSCAN");
             e->sc_members += arr->elements;
             pfirst[j] = mem.n;
             for (size_t i = 0; i < arr->elements; i++) {
@@ -2811,7 +2826,7 @@ static void sh_phase_sets(engine_t *e)
         }
         if (bp.n)
             batch_run(&bp, "HMGET");
-        for (size_t j = 0; j < nact; j++) {
+        for (size_t j = 0; j < sw.nact; j++) {
             if (probe[j] < 0)
                 continue;
             redisReply *r = batch_array(&bp, (size_t)probe[j], pcount[j], "HMGET");
@@ -2852,11 +2867,7 @@ static void sh_phase_sets(engine_t *e)
         mpx__pipe_clear(&bf);
         mpx__pipe_clear(&bp);
         mpx__pipe_clear(&bs);
-        size_t keep = 0;
-        for (size_t j = 0; j < nact; j++)
-            if (strcmp(act[j].cursor, "0") != 0)
-                act[keep++] = act[j];
-        nact = keep;
+        scanwin_keep(&sw);
     }
     mpx__pipe_free(&bs);
     mpx__pipe_free(&bp);
@@ -2870,8 +2881,7 @@ static void sh_phase_sets(engine_t *e)
     free(pcount);
     free(probe);
     free(jobsets);
-    free(act);
-    free(order);
+    scanwin_free(&sw);
 }
 
 /* One whole scan. */
