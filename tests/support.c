@@ -343,3 +343,30 @@ int t_count_of(const char *hay, const char *needle)
         n++;
     return n;
 }
+
+static void t_on_error(mpx_t *m, int err, const char *msg, void *d)
+{
+    (void)m;
+    t_errors_t *e = d;
+    pthread_mutex_lock(&e->mu);
+    size_t n = strlen(e->text);
+    snprintf(e->text + n, sizeof e->text - n, "[%s] %s\n", mpx_err_name(err), msg);
+    pthread_mutex_unlock(&e->mu);
+    atomic_fetch_add(&e->count, 1);
+}
+
+void t_with_errors(mpx_options_t *o, t_errors_t *e)
+{
+    memset(e, 0, sizeof *e);
+    pthread_mutex_init(&e->mu, NULL);
+    o->on_error = t_on_error;
+    o->on_error_data = e;
+}
+
+bool t_errors_mention(t_errors_t *e, const char *what)
+{
+    pthread_mutex_lock(&e->mu);
+    bool found = strstr(e->text, what) != NULL;
+    pthread_mutex_unlock(&e->mu);
+    return found;
+}

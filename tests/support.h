@@ -12,8 +12,10 @@
 #define MPX_TEST_SUPPORT_H
 
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "metroplex.h"
@@ -74,5 +76,24 @@ int t_count_of(const char *hay, const char *needle);
 uint64_t t_now_ms(void);
 /* Sleep. */
 void t_sleep_ms(unsigned ms);
+/* Wait until cond() holds, at most ms. */
+#define WAIT_UNTIL(cond, ms)                                                   \
+    do {                                                                       \
+        uint64_t _end = t_now_ms() + (ms);                                     \
+        while (!(cond) && t_now_ms() < _end)                                   \
+            t_sleep_ms(10);                                                    \
+    } while (0)
+
+/* The on_error reports of a handle: how many, and every message
+ * concatenated as "[MPX_E...] message\n" (truncated). */
+typedef struct t_errors {
+    atomic_int count;
+    pthread_mutex_t mu;
+    char text[4096];
+} t_errors_t;
+/* Clear e and make it o's on_error collector. */
+void t_with_errors(mpx_options_t *o, t_errors_t *e);
+/* Whether a reported message contains `what`. */
+bool t_errors_mention(t_errors_t *e, const char *what);
 
 #endif

@@ -31,49 +31,6 @@
 
 #define MIB (1024u * 1024u)
 
-/* Wait until cond() holds, at most ms. */
-#define WAIT_UNTIL(cond, ms)                                                   \
-    do {                                                                       \
-        uint64_t _end = t_now_ms() + (ms);                                     \
-        while (!(cond) && t_now_ms() < _end)                                   \
-            t_sleep_ms(10);                                                    \
-    } while (0)
-
-typedef struct errors {
-    atomic_int count;
-    atomic_int last;
-    pthread_mutex_t mu;
-    char text[4096]; /* every message, concatenated (truncated) */
-} errors_t;
-
-static void on_err(mpx_t *m, int err, const char *msg, void *d)
-{
-    (void)m;
-    errors_t *e = d;
-    pthread_mutex_lock(&e->mu);
-    size_t n = strlen(e->text);
-    snprintf(e->text + n, sizeof e->text - n, "[%s] %s\n", mpx_err_name(err), msg);
-    pthread_mutex_unlock(&e->mu);
-    atomic_store(&e->last, err);
-    atomic_fetch_add(&e->count, 1);
-}
-
-static void with_errors(mpx_options_t *o, errors_t *e)
-{
-    memset(e, 0, sizeof *e);
-    pthread_mutex_init(&e->mu, NULL);
-    o->on_error = on_err;
-    o->on_error_data = e;
-}
-
-static bool errors_mention(errors_t *e, const char *what)
-{
-    pthread_mutex_lock(&e->mu);
-    bool found = strstr(e->text, what) != NULL;
-    pthread_mutex_unlock(&e->mu);
-    return found;
-}
-
 static mpx_t *make(mpx_options_t *o)
 {
     mpx_t *m = NULL;
@@ -506,9 +463,9 @@ Test(badinput, bad_options_strings_are_rejected_by_create)
 
 /* ---- keys of the wrong type ---------------------------------------------- */
 
-static mpx_t *make_reg(mpx_options_t *o, errors_t *e, const char *addr)
+static mpx_t *make_reg(mpx_options_t *o, t_errors_t *e, const char *addr)
 {
-    with_errors(o, e);
+    t_with_errors(o, e);
     mpx_t *m = make(o);
     cr_assert_eq(mpx_register(m, addr), 0, "register: %s", mpx_last_error());
     return m;
@@ -518,7 +475,7 @@ Test(badinput, sparks_hash_as_a_string)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     const char *addr = "http://127.0.0.1:7201";
     mpx_t *m = make_reg(&o, &ev, addr);
     redisContext *c = t_connect(NULL);
@@ -531,8 +488,8 @@ Test(badinput, sparks_hash_as_a_string)
     int rc = mpx_flush(m, 1000);
     cr_assert_eq(rc, MPX_ETIMEDOUT, "flush: %s", mpx_err_name(rc));
     cr_assert(t_now_ms() - t0 < 3000, "flush honours its timeout");
-    WAIT_UNTIL(errors_mention(&ev, "WRONGTYPE"), 3000);
-    cr_assert(errors_mention(&ev, "WRONGTYPE"), "on_error has Redis's text: %s", ev.text);
+    WAIT_UNTIL(t_errors_mention(&ev, "WRONGTYPE"), 3000);
+    cr_assert(t_errors_mention(&ev, "WRONGTYPE"), "on_error has Redis's text: %s", ev.text);
     mpx_stats_t st;
     mpx_stats(m, &st);
     cr_assert_eq(st.local_sparks, 2, "the changes are kept");
@@ -579,8 +536,8 @@ Test(badinput, servers_set_as_a_hash)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
-    with_errors(&o, &ev);
+    t_errors_t ev;
+    t_with_errors(&o, &ev);
     redisContext *c = t_connect(NULL);
     freeReplyObject(t_cmd(c, "HSET %s:servers f v", o.ns));
     const char *addr = "http://127.0.0.1:7202";
@@ -626,7 +583,7 @@ Test(badinput, servers_set_turns_into_a_hash_while_registered)
     o.interval_ms = 3000;
     o.latency_ms = 2700; /* heartbeat every 300 ms */
     o.lease_ms = 900;
-    errors_t ev;
+    t_errors_t ev;
     const char *addr = "http://127.0.0.1:7203";
     mpx_t *m = make_reg(&o, &ev, addr);
     cr_assert_eq(mpx_connect(m, "s1", 2), 0);
@@ -635,8 +592,8 @@ Test(badinput, servers_set_turns_into_a_hash_while_registered)
     freeReplyObject(t_cmd(c, "DEL %s:servers", o.ns));
     freeReplyObject(t_cmd(c, "HSET %s:servers f v", o.ns));
     /* The heartbeat fails and says so, repeatedly, without crashing. */
-    WAIT_UNTIL(errors_mention(&ev, "heartbeat") && errors_mention(&ev, "WRONGTYPE"), 3000);
-    cr_assert(errors_mention(&ev, "WRONGTYPE"), "heartbeat error reported: %s", ev.text);
+    WAIT_UNTIL(t_errors_mention(&ev, "heartbeat") && t_errors_mention(&ev, "WRONGTYPE"), 3000);
+    cr_assert(t_errors_mention(&ev, "WRONGTYPE"), "heartbeat error reported: %s", ev.text);
     /* Meanwhile the alive key expires: nothing else of ours is lost. */
     freeReplyObject(t_cmd(c, "DEL %s:servers", o.ns));
     /* The next heartbeat puts the server back. */
@@ -654,7 +611,7 @@ Test(badinput, own_spark_set_as_a_string)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     const char *addr = "http://127.0.0.1:7204";
     mpx_t *m = make_reg(&o, &ev, addr);
     redisContext *c = t_connect(NULL);
@@ -662,8 +619,8 @@ Test(badinput, own_spark_set_as_a_string)
     cr_assert_eq(mpx_connect(m, "a", 1), 0);
     int rc = mpx_flush(m, 1000);
     cr_assert_eq(rc, MPX_ETIMEDOUT, "flush: %s", mpx_err_name(rc));
-    WAIT_UNTIL(errors_mention(&ev, "WRONGTYPE"), 3000);
-    cr_assert(errors_mention(&ev, "writer") && errors_mention(&ev, "WRONGTYPE"), "%s", ev.text);
+    WAIT_UNTIL(t_errors_mention(&ev, "WRONGTYPE"), 3000);
+    cr_assert(t_errors_mention(&ev, "writer") && t_errors_mention(&ev, "WRONGTYPE"), "%s", ev.text);
     freeReplyObject(t_cmd(c, "DEL %s:%s:sparks", o.ns, addr));
     cr_assert_eq(mpx_flush(m, 10000), 0, "after the fix: %s", mpx_last_error());
     cr_assert_eq(t_int(c, "SISMEMBER %s:%s:sparks a", o.ns, addr), 1);
@@ -689,7 +646,7 @@ Test(badinput, a_leftover_spark_set_of_the_wrong_type_at_register)
      * drain discards it (it holds no spark ids) with a clear report. */
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     redisContext *c = t_connect(NULL);
     const char *addr = "http://127.0.0.1:7205";
     freeReplyObject(t_cmd(c, "SET %s:%s:sparks planted", o.ns, addr));
@@ -699,8 +656,8 @@ Test(badinput, a_leftover_spark_set_of_the_wrong_type_at_register)
     cr_assert_eq(t_int(c, "SISMEMBER %s:%s:sparks a", o.ns, addr), 1);
     size_t reaped;
     mpx_reap(m, &reaped); /* the heartbeat may have drained it already */
-    WAIT_UNTIL(errors_mention(&ev, "discarded"), 3000);
-    cr_assert(errors_mention(&ev, "WRONGTYPE") && errors_mention(&ev, "discarded"), "%s",
+    WAIT_UNTIL(t_errors_mention(&ev, "discarded"), 3000);
+    cr_assert(t_errors_mention(&ev, "WRONGTYPE") && t_errors_mention(&ev, "discarded"), "%s",
               ev.text);
     cr_assert_eq(t_int(c, "EXISTS %s:drains", o.ns), 0, "drain index emptied");
     cr_assert_eq(mpx_reap(m, &reaped), 0, "%s", mpx_last_error());
@@ -714,7 +671,7 @@ Test(badinput, drains_index_as_a_string)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     redisContext *c = t_connect(NULL);
     freeReplyObject(t_cmd(c, "SET %s:drains planted", o.ns));
     const char *addr = "http://127.0.0.1:7206";
@@ -726,8 +683,9 @@ Test(badinput, drains_index_as_a_string)
     cr_assert_eq(rc, MPX_EREDIS, "reap: %s", mpx_err_name(rc));
     assert_msg("WRONGTYPE");
     /* The heartbeat's reaping reports it too (register kicked it). */
-    WAIT_UNTIL(errors_mention(&ev, "reaping"), 3000);
-    cr_assert(errors_mention(&ev, "reaping") && errors_mention(&ev, "WRONGTYPE"), "%s", ev.text);
+    WAIT_UNTIL(t_errors_mention(&ev, "reaping"), 3000);
+    cr_assert(t_errors_mention(&ev, "reaping") && t_errors_mention(&ev, "WRONGTYPE"), "%s",
+              ev.text);
     char buf[64];
     size_t bl = sizeof buf;
     cr_assert_eq(mpx_spark(m, "a", 1, buf, &bl), 0, "lookups unaffected");
@@ -749,7 +707,7 @@ Test(badinput, unregister_with_a_bad_drains_index_orphans_no_spark)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     const char *addr = "http://127.0.0.1:7207";
     mpx_t *m = make_reg(&o, &ev, addr);
     for (int i = 0; i < 10; i++) {
@@ -789,7 +747,7 @@ Test(badinput, pending_counts_changes_being_retried)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    errors_t ev;
+    t_errors_t ev;
     const char *addr = "http://127.0.0.1:7209";
     mpx_t *m = make_reg(&o, &ev, addr);
     redisContext *c = t_connect(NULL);

@@ -61,14 +61,6 @@ static mpx_t *make(mpx_options_t *o)
     return m;
 }
 
-/* Wait until cond() holds, at most ms. */
-#define WAIT_UNTIL(cond, ms)                                                   \
-    do {                                                                       \
-        uint64_t _end = t_now_ms() + (ms);                                     \
-        while (!(cond) && t_now_ms() < _end)                                   \
-            t_sleep_ms(10);                                                    \
-    } while (0)
-
 Test(lifecycle, register_writes_the_original_keys)
 {
     mpx_options_t o;

@@ -101,39 +101,6 @@ static int settle_threads(void)
     return n;
 }
 
-typedef struct errors {
-    atomic_int count;
-    pthread_mutex_t mu;
-    char text[4096];
-} errors_t;
-
-static void on_err(mpx_t *m, int err, const char *msg, void *d)
-{
-    (void)m;
-    errors_t *e = d;
-    pthread_mutex_lock(&e->mu);
-    size_t n = strlen(e->text);
-    snprintf(e->text + n, sizeof e->text - n, "[%s] %s\n", mpx_err_name(err), msg);
-    pthread_mutex_unlock(&e->mu);
-    atomic_fetch_add(&e->count, 1);
-}
-
-static void with_errors(mpx_options_t *o, errors_t *e)
-{
-    memset(e, 0, sizeof *e);
-    pthread_mutex_init(&e->mu, NULL);
-    o->on_error = on_err;
-    o->on_error_data = e;
-}
-
-static bool errors_mention(errors_t *e, const char *what)
-{
-    pthread_mutex_lock(&e->mu);
-    bool found = strstr(e->text, what) != NULL;
-    pthread_mutex_unlock(&e->mu);
-    return found;
-}
-
 static void connect_n(mpx_t *m, const char *prefix, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -156,8 +123,8 @@ static void destroy_in_flight(enum fault fault)
     o.command_timeout_ms = 500;
     o.connect_timeout_ms = 500;
     o.batch_max = 64; /* several transactions */
-    errors_t ev;
-    with_errors(&o, &ev);
+    t_errors_t ev;
+    t_with_errors(&o, &ev);
     int fd0 = fds();
     mpx_t *m = NULL;
     cr_assert_eq(mpx_create(&o, &m), 0, "%s", mpx_last_error());
@@ -191,7 +158,7 @@ static void destroy_in_flight(enum fault fault)
     cr_assert(took <= bound, "destroy took %llu ms, bound %u ms", (unsigned long long)took,
               bound);
     cr_assert(atomic_load(&ev.count) > 0, "failures were reported");
-    cr_assert(errors_mention(&ev, "writer"), "the failed batch was reported: %s", ev.text);
+    cr_assert(t_errors_mention(&ev, "writer"), "the failed batch was reported: %s", ev.text);
     cr_assert_eq(settle_threads(), 0, "no library thread left");
     cr_assert_eq(fds(), fd0, "no fd left");
 }
@@ -230,8 +197,8 @@ Test(resources, destroy_reports_how_many_changes_were_lost)
     t_options(&o, rp.url);
     o.command_timeout_ms = 500;
     o.connect_timeout_ms = 500;
-    errors_t ev;
-    with_errors(&o, &ev);
+    t_errors_t ev;
+    t_with_errors(&o, &ev);
     mpx_t *m = NULL;
     cr_assert_eq(mpx_create(&o, &m), 0);
     cr_assert_eq(mpx_register(m, "http://127.0.0.1:7402"), 0, "%s", mpx_last_error());
@@ -241,7 +208,7 @@ Test(resources, destroy_reports_how_many_changes_were_lost)
     mpx_destroy(m);
     kill(rp.pid, SIGCONT);
     redis_proc_destroy(&rp);
-    cr_assert(errors_mention(&ev, "destroy: 300 sparks' changes could not be written"),
+    cr_assert(t_errors_mention(&ev, "destroy: 300 sparks' changes could not be written"),
               "destroy reports the 300 lost changes; on_error got:\n%s", ev.text);
 }
 
