@@ -569,7 +569,7 @@ int mpx__admin_retire(mpx_t *m, const char *addr, int *retired)
     mpx__argv_t a;
     mpx__argv_init(&a);
     if (rc == 0 && m->keys.layout == MPX_LAYOUT_SHARDED) {
-        rc = mpx__cmd_s_retire(&m->keys, (const char(*)[41])c->shas, addr, m->instance, 0, &a);
+        rc = mpx__cmd_s_retire(&m->keys, mpx__shas(c), addr, m->instance, 0, &a);
     } else if (rc == 0) {
         char token[64];
         mpx__token(m, token);

@@ -785,89 +785,10 @@ int mpx__cluster_refresh(mpx__conn_t *c, uint32_t max_age_ms)
 
 int mpx__cluster_command(mpx__conn_t *c, mpx__argv_t *a, redisReply **out)
 {
-    *out = NULL;
-    mpx__argv_finish(a);
-    int slot = command_slot(a);
-    if (slot == SLOT_REFUSE)
-        return refuse(a);
-    int rc = prepare(c, false);
-    if (rc)
-        return rc;
-    mpx__cluster_t *cl = c->cl;
-    uint64_t t0 = mpx__now_ms(), deadline = t0 + c->command_timeout_ms;
-    uint32_t delay = PAUSE_FIRST_MS;
-    uint16_t ask = NONE;
-    bool reloaded = false;
-    int last = MPX_ETIMEDOUT, attempt;
-    for (attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        if (attempt > 0 && mpx__now_ms() >= deadline)
-            break;
-        uint16_t ni = ask != NONE ? ask : target(cl, slot);
-        if (ni == NONE) {
-            last = slot == SLOT_ANY
-                       ? mpx__fail(MPX_ECONN, "redis cluster: no master known")
-                       : mpx__fail(MPX_ECONN, "redis cluster: slot %d is served by no master", slot);
-            pause_ms(&delay, deadline);
-            read_map(c, false);
-            continue;
-        }
-        cnode_t *n = cl->nodes[ni];
-        bool asking = ask != NONE;
-        ask = NONE;
-        redisReply *r = NULL;
-        if ((rc = node_ensure(c, n, false)) || (rc = append_cmd(n, asking, a)) ||
-            (rc = read_cmd(n, asking, &r))) {
-            /* The node is unreachable or its connection broke (closed by
-             * now): re-read the map (a failover?) and try again. */
-            last = rc;
-            pause_ms(&delay, deadline);
-            read_map(c, false);
-            continue;
-        }
-        absorb(c, n);
-        if (r->type != REDIS_REPLY_ERROR) {
-            *out = r;
-            return 0;
-        }
-        int kind = classify(r->str), to = slot;
-        uint16_t dst = kind == R_MOVED || kind == R_ASK ? redirect(c, n, r->str, &to) : NONE;
-        if ((kind == R_MOVED || kind == R_ASK) && dst != NONE) {
-            last = mpx__fail(MPX_EREDIS, "redis %s: %s", n->name, r->str);
-            if (kind == R_MOVED) {
-                cl->route[to] = dst;
-                cl->stale = true;
-            } else {
-                ask = dst;
-            }
-        } else if (kind == R_RETRY || kind == R_DOWN) {
-            last = mpx__fail(MPX_EREDIS, "redis %s: %s", n->name, r->str);
-            cl->stale |= kind == R_DOWN;
-            pause_ms(&delay, deadline);
-        } else if (kind == R_NOSCRIPT && !reloaded) {
-            /* Scripts flushed on that node (SCRIPT FLUSH, a new master):
-             * load and resend once. */
-            reloaded = true;
-            if ((last = mpx__conn_load_scripts(&n->conn)) != 0)
-                pause_ms(&delay, deadline);
-        } else {
-            rc = mpx__fail(MPX_EREDIS, "redis %s: %.*s failed: %s", n->name, (int)a->lens[0],
-                           a->argv[0], r->str);
-            count_error(c);
-            freeReplyObject(r);
-            return rc;
-        }
-        freeReplyObject(r);
-    }
-    char why[512];
-    snprintf(why, sizeof why, "%s", mpx_last_error());
-    count_error(c);
-    /* Redirects or TRYAGAIN/CLUSTERDOWN that never settled: the cluster did
-     * not answer in time (not an error of the command itself). */
-    if (last == MPX_EREDIS)
-        last = MPX_ETIMEDOUT;
-    return mpx__fail(last, "redis cluster: %.*s gave up after %d attempts in %llu ms; last: %s",
-                     (int)a->lens[0], a->argv[0], attempt,
-                     (unsigned long long)(mpx__now_ms() - t0), why);
+    /* A pipeline of one: the same routing, redirects, retries and bounds. */
+    mpx__argv_t *cmds[1] = {a};
+    int rc;
+    return mpx__cluster_pipeline(c, 1, cmds, out, &rc);
 }
 
 /* ---- pipelines ------------------------------------------------------------------ */
@@ -949,8 +870,10 @@ int mpx__cluster_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
                 continue;
             uint16_t ni = p->ask != NONE ? p->ask : target(cl, p->slot);
             if (ni == NONE) {
-                rcs[i] = mpx__fail(MPX_ECONN, "redis cluster: slot %d is served by no master",
-                                   p->slot);
+                rcs[i] = p->slot == SLOT_ANY
+                             ? mpx__fail(MPX_ECONN, "redis cluster: no master known")
+                             : mpx__fail(MPX_ECONN, "redis cluster: slot %d is served by no "
+                                                    "master", p->slot);
                 sleep = reread = true;
                 continue;
             }
@@ -1071,9 +994,10 @@ int mpx__cluster_pipeline(mpx__conn_t *c, size_t n, mpx__argv_t *const *cmds,
                     first = i;
             }
         count_error(c);
-        mpx__fail(rcs[first], "redis cluster: pipeline: %zu of %zu commands not done after %d "
-                              "rounds in %llu ms; last: %s",
-                  pending, n, round, (unsigned long long)(mpx__now_ms() - t0), why);
+        mpx__fail(rcs[first], "redis cluster: %zu of %zu commands (the first %.*s) not done "
+                              "after %d rounds in %llu ms; last: %s",
+                  pending, n, (int)cmds[first]->lens[0], cmds[first]->argv[0], round,
+                  (unsigned long long)(mpx__now_ms() - t0), why);
     }
     for (size_t i = 0; i < n; i++)
         if (rcs[i])

@@ -246,6 +246,11 @@ void mpx__conn_init(mpx__conn_t *c, const mpx__redis_endpoint_t *ep,
  * the message set. */
 int mpx__conn_ensure(mpx__conn_t *c, bool force);
 void mpx__conn_close(mpx__conn_t *c);
+/* The connection's script SHAs, as the mpx__cmd_s_* builders take them. */
+static inline const char (*mpx__shas(const mpx__conn_t *c))[41]
+{
+    return (const char(*)[41])c->shas;
+}
 /* Send one command and read its reply. On I/O failure the connection is
  * closed (reconnect later). Returns 0 with *out set (the caller frees it),
  * or an error (ECONN, ETIMEDOUT); a Redis error reply is returned as

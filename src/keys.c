@@ -246,15 +246,20 @@ void mpx__keys_free(mpx__keys_t *k)
     memset(k, 0, sizeof *k);
 }
 
+/* Sharded: a control key, "{ns}:" + what + address. */
+static int key_ctl(const mpx__keys_t *k, const char *what, const char *addr, mpx__argv_t *a)
+{
+    char tmp[MPX_NAMESPACE_MAX + MPX_ADDRESS_MAX + 16];
+    int n = snprintf(tmp, sizeof tmp, "%s%s", k->ctl, what);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return MPX_ETOOBIG;
+    return mpx__argv_pushcat(a, tmp, (size_t)n, addr, strlen(addr));
+}
+
 int mpx__key_alive(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
 {
-    if (k->layout == MPX_LAYOUT_SHARDED) {
-        char tmp[MPX_NAMESPACE_MAX + MPX_ADDRESS_MAX + 16];
-        int n = snprintf(tmp, sizeof tmp, "%salive:", k->ctl);
-        if (n < 0 || (size_t)n >= sizeof tmp)
-            return MPX_ETOOBIG;
-        return mpx__argv_pushcat(a, tmp, (size_t)n, addr, strlen(addr));
-    }
+    if (k->layout == MPX_LAYOUT_SHARDED)
+        return key_ctl(k, "alive:", addr, a);
     return mpx__argv_pushcat(a, k->ns, k->ns_len, addr, strlen(addr));
 }
 
@@ -277,13 +282,8 @@ int mpx__key_set(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
 
 int mpx__key_lease(const mpx__keys_t *k, const char *addr, mpx__argv_t *a)
 {
-    if (k->layout == MPX_LAYOUT_SHARDED) {
-        char tmp[MPX_NAMESPACE_MAX + MPX_ADDRESS_MAX + 16];
-        int n = snprintf(tmp, sizeof tmp, "%slease:", k->ctl);
-        if (n < 0 || (size_t)n >= sizeof tmp)
-            return MPX_ETOOBIG;
-        return mpx__argv_pushcat(a, tmp, (size_t)n, addr, strlen(addr));
-    }
+    if (k->layout == MPX_LAYOUT_SHARDED)
+        return key_ctl(k, "lease:", addr, a);
     return key_suffixed(k, addr, ":lease", a);
 }
 

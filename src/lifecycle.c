@@ -132,7 +132,7 @@ static int do_register(mpx_t *m, mpx__conn_t *c, bool *partial)
     mpx__argv_init(&a);
     int rc = mpx__conn_ensure(c, true);
     if (rc == 0 && sharded)
-        rc = mpx__cmd_s_register(&m->keys, (const char(*)[41])c->shas, m->address,
+        rc = mpx__cmd_s_register(&m->keys, mpx__shas(c), m->address,
                                  m->opt.interval_ms, mpx__epoch_ms(), m->instance,
                                  m->opt.lease_ms, token, &a);
     else if (rc == 0)
@@ -316,7 +316,7 @@ static int drain_gen(mpx_t *m, mpx__conn_t *c, const char *addr, const char *gen
         }
         mpx__pipe_clear(&p);
         for (uint32_t j = 0; j < nact; j++)
-            if (mpx__cmd_s_drain(k, (const char(*)[41])c->shas, act[j], addr, gen, live[act[j]],
+            if (mpx__cmd_s_drain(k, mpx__shas(c), act[j], addr, gen, live[act[j]],
                                  m->opt.reap_chunk, mpx__pipe_add(&p)))
                 rc = mpx__fail(MPX_ENOMEM, "out of memory");
         if (rc)
@@ -477,7 +477,7 @@ int mpx__reap_pass(mpx_t *m, mpx__conn_t *c, size_t *reaped, uint64_t drain_budg
         mpx__token(m, token);
         mpx__argv_reset(&a);
         if (m->keys.layout == MPX_LAYOUT_SHARDED)
-            rc = mpx__cmd_s_retire(&m->keys, (const char(*)[41])c->shas, e->str, m->instance, 0,
+            rc = mpx__cmd_s_retire(&m->keys, mpx__shas(c), e->str, m->instance, 0,
                                    &a);
         else
             rc = mpx__cmd_retire(&m->keys, c->shas[MPX__SCRIPT_RETIRE], e->str, m->instance,
@@ -573,7 +573,7 @@ int mpx_unregister(mpx_t *mpx)
         rc = mpx__conn_ensure(c, true);
         bool sharded = mpx->keys.layout == MPX_LAYOUT_SHARDED;
         if (rc == 0 && sharded)
-            rc = mpx__cmd_s_retire(&mpx->keys, (const char(*)[41])c->shas, addr, mpx->instance,
+            rc = mpx__cmd_s_retire(&mpx->keys, mpx__shas(c), addr, mpx->instance,
                                    1, &a);
         else if (rc == 0)
             rc = mpx__cmd_retire(&mpx->keys, c->shas[MPX__SCRIPT_RETIRE], addr, mpx->instance,
@@ -675,7 +675,7 @@ static void tick(mpx_t *m, hb_state_t *hs)
     redisReply *r = NULL;
     bool sharded = m->keys.layout == MPX_LAYOUT_SHARDED;
     if (sharded)
-        rc = mpx__cmd_s_heartbeat(&m->keys, (const char(*)[41])c->shas, m->address,
+        rc = mpx__cmd_s_heartbeat(&m->keys, mpx__shas(c), m->address,
                                   m->opt.interval_ms, mpx__epoch_ms(), m->instance,
                                   m->opt.lease_ms, m->gen, &a);
     else

@@ -375,15 +375,15 @@ static void sbatch_group(mpx_t *m, sbatch_t *b, const mpx__op_t *ops, size_t n)
         b->count[s + 1] += b->count[s];
     for (size_t i = 0; i < n; i++)
         b->ops[b->count[b->shard[i]]++] = ops[i];
+    /* Placed: count[s] is now the end of shard s's run (the start of the
+     * next); cut each run into groups of at most MPX__CMD_IDS. */
     b->ng = 0;
-    for (size_t p = 0; p < n;) {
-        uint32_t s = mpx__key_shard(&m->keys, b->ops[p].id, b->ops[p].len);
-        size_t q = p + 1;
-        while (q < n && q - p < MPX__CMD_IDS &&
-               mpx__key_shard(&m->keys, b->ops[q].id, b->ops[q].len) == s)
-            q++;
-        b->g[b->ng++] = (sgroup_t){p, q - p, s, false};
-        p = q;
+    for (uint32_t s = 0; s < ns; s++) {
+        size_t end = b->count[s];
+        for (size_t p = s ? b->count[s - 1] : 0; p < end; p += MPX__CMD_IDS) {
+            size_t q = end - p < MPX__CMD_IDS ? end : p + MPX__CMD_IDS;
+            b->g[b->ng++] = (sgroup_t){p, q - p, s, false};
+        }
     }
 }
 
@@ -396,7 +396,7 @@ static int sbatch_send(mpx_t *m, mpx__writer_t *w, sbatch_t *b, const char *addr
     mpx__pipe_clear(p);
     for (size_t i = 0; i < b->ng; i++)
         if (!b->g[i].done &&
-            mpx__cmd_s_write(&m->keys, (const char(*)[41])w->conn.shas, b->g[i].shard, addr, gen,
+            mpx__cmd_s_write(&m->keys, mpx__shas(&w->conn), b->g[i].shard, addr, gen,
                              b->ops + b->g[i].first, b->g[i].n, mpx__pipe_add(p)))
             return mpx__fail(MPX_ENOMEM, "out of memory building a batch");
     if (p->n == 0)

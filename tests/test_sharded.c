@@ -431,7 +431,7 @@ static void lost_registration(int cluster)
      * long pause (the retire script, forced: the lease is its own). */
     mpx__argv_t c;
     mpx__argv_init(&c);
-    mpx__cmd_s_retire(&v.k, (const char(*)[41])v.c.shas, A, a->instance, 1, &c);
+    mpx__cmd_s_retire(&v.k, mpx__shas(&v.c), A, a->instance, 1, &c);
     redisReply *rr = v_run(&v, &c);
     cr_assert_eq(rr->type, REDIS_REPLY_ARRAY);
     cr_assert_eq(rr->element[1]->integer, 1, "generation listed for draining");
