@@ -389,8 +389,9 @@ size_t mpx__writer_stop(mpx_t *m, uint32_t timeout_ms);
 void mpx__writer_kick(mpx_t *m);
 int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms);
 /* Start writing for `addr` (registered; `gen` its generation in the sharded
- * layout), or stop writing (addr NULL): when stopping, waits until no batch
- * is in flight. */
+ * layout) and rewrite every local spark, in one step: no cycle can run
+ * between the two; or stop writing (addr NULL): when stopping, waits until
+ * no batch is in flight. */
 void mpx__writer_activate(mpx_t *m, const char *addr, const char *gen);
 /* Stop writing until the next activation, as activate(NULL) does, but
  * flush waiters keep waiting (for the writes after the activation). */

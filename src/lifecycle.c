@@ -170,13 +170,13 @@ static int do_register(mpx_t *m, mpx__conn_t *c, bool *partial)
         atomic_store(&m->self_srv, mpx__cache_intern(m->cache, m->address, strlen(m->address)));
         memcpy(m->gen, token, sizeof m->gen);
         set_state(m, MPX__REGISTERED, m->address);
-        /* Start writing under this registration, then write every spark
+        /* Start writing under this registration and write every spark
          * connected so far (also after the address was lost and registered
-         * again). In this order: a resync cycle that started before the
+         * again), in one step: a resync cycle that started before the
          * activation would rewrite the sparks under the old generation,
-         * whose sets are being drained (test_sharded lost_registration). */
+         * whose sets are being drained (test_sharded lost_registration);
+         * a cycle between the two would answer flush waiters early. */
         mpx__writer_activate(m, m->address, m->gen);
-        mpx__writer_resync(m);
         /* A move-aside (elem 1) is drained by the heartbeat thread. */
     }
     freeReplyObject(r);

@@ -842,6 +842,11 @@ static void activate(mpx_t *m, const char *addr, const char *gen, bool pause)
         snprintf(w->addr, sizeof w->addr, "%s", addr);
         snprintf(w->gen, sizeof w->gen, "%s", gen ? gen : "");
         w->active = true;
+        /* Under the same lock: a cycle run between the activation and the
+         * request would find the ids a refused (STALEGEN) or paused cycle
+         * held still marked in flight, take nothing and answer flush
+         * waiters (test_sharded_faults flush_after_stalegen_waits_for_rewrite). */
+        want_resync(m, w, NULL);
         pthread_cond_broadcast(&w->cond);
     } else {
         w->active = false;

@@ -138,6 +138,52 @@ Test(sharded_faults, stale_gen_write_after_drain_then_crash, .timeout = 60)
     redisFree(raw);
 }
 
+/* 1b. The re-registration that follows a STALEGEN must rewrite what the
+ *     refused cycle held before any flush is answered: the registration
+ *     activated the writer and asked for the rewrite in two steps, and a
+ *     flush cycle that ran in between took nothing (the refused ids were
+ *     still marked in flight), completed, and mpx_flush returned 0 with
+ *     the ids in no Redis key. Seen 1 run in ~15 of the test above under
+ *     TSan; repeated here to make the window likely. */
+Test(sharded_faults, flush_after_stalegen_waits_for_rewrite, .timeout = 120)
+{
+    raw_open();
+    mpx_options_t o;
+    opts(&o, 60000, 60000);
+    const char *A = "http://127.0.0.1:9103";
+    mpx_t *a = make(&o, A);
+    mpx_t *d = make(&o, NULL);
+    mpx__keys_t k;
+    mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
+    t_sleep_ms(300);
+    enum { ROUNDS = 25 };
+    char id[32], own[128];
+    for (int i = 0; i < ROUNDS; i++) {
+        snprintf(id, sizeof id, "x%d", i);
+        cr_assert_eq(mpx_connect(a, id, strlen(id)), 0);
+        cr_assert_eq(mpx_flush(a, 10000), 0, "%s", mpx_last_error());
+        expire_and_reap(d, &k, A);
+        snprintf(id, sizeof id, "y%d", i);
+        cr_assert_eq(mpx_connect(a, id, strlen(id)), 0);
+        int frc;
+        uint64_t dl = t_now_ms() + 10000;
+        while ((frc = mpx_flush(a, 10000)) == MPX_ESTATE && t_now_ms() < dl)
+            t_sleep_ms(20);
+        cr_assert_eq(frc, 0, "round %d: %s", i, mpx_last_error());
+        for (int j = 0; j <= i; j++)
+            for (int xy = 0; xy < 2; xy++) {
+                snprintf(id, sizeof id, "%c%d", xy ? 'y' : 'x', j);
+                owner(&k, id, own, sizeof own);
+                cr_assert_str_eq(own, A, "round %d: flush returned 0 but %s is owned by '%s'",
+                                 i, id, own);
+            }
+    }
+    mpx_destroy(a);
+    mpx_destroy(d);
+    mpx__keys_free(&k);
+    redisFree(raw);
+}
+
 /* 2. Same, but A's heartbeat stays paused for a while: nothing is written
  *    under the retired generation; once it registers again the spark is
  *    written, and after everyone unregistered no key is left but the
