@@ -77,6 +77,42 @@ static mpx_t *make(mpx_options_t *o, const char *addr)
     return m;
 }
 
+/* The three tests of a paused A share this: A registered at `addr`, a
+ * second process d to reap it, the key names, and raw. */
+typedef struct {
+    mpx_options_t o;
+    mpx_t *a, *d;
+    mpx__keys_t k;
+} fx_t;
+
+static void fx_open(fx_t *f, uint32_t interval, uint32_t lease, const char *addr)
+{
+    raw_open();
+    opts(&f->o, interval, lease);
+    f->a = make(&f->o, addr);
+    f->d = make(&f->o, NULL);
+    mpx__keys_init_layout(&f->k, f->o.ns, MPX_LAYOUT_SHARDED, NSH);
+    t_sleep_ms(300); /* the registration's kicked tick */
+}
+
+static void fx_close(fx_t *f)
+{
+    mpx_destroy(f->a);
+    mpx_destroy(f->d);
+    mpx__keys_free(&f->k);
+    redisFree(raw);
+}
+
+/* mpx_flush while A registers again (MPX_ESTATE meanwhile), within 10 s. */
+static int flush_through_registration(mpx_t *a)
+{
+    int rc;
+    uint64_t dl = t_now_ms() + 10000;
+    while ((rc = mpx_flush(a, 10000)) == MPX_ESTATE && t_now_ms() < dl)
+        t_sleep_ms(20);
+    return rc;
+}
+
 /* "Pause" A: its alive key and lease expire (deleted here), another process
  * reaps it and drains its generation completely. */
 static void expire_and_reap(mpx_t *d, const mpx__keys_t *k, const char *A)
@@ -95,47 +131,37 @@ static void expire_and_reap(mpx_t *d, const mpx__keys_t *k, const char *A)
  *    nothing of it is left. */
 Test(sharded_faults, stale_gen_write_after_drain_then_crash, .timeout = 60)
 {
-    raw_open();
-    mpx_options_t o;
-    opts(&o, 60000, 60000); /* heartbeat every 20 s: A "paused" between ticks */
     const char *A = "http://127.0.0.1:9101";
-    mpx_t *a = make(&o, A);
-    mpx_t *d = make(&o, NULL);
-    mpx__keys_t k;
-    mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
-    t_sleep_ms(300); /* the registration's kicked tick */
+    fx_t f; /* heartbeat every 20 s: A "paused" between ticks */
+    fx_open(&f, 60000, 60000, A);
+    mpx_t *a = f.a, *d = f.d;
     char gen1[64];
     memcpy(gen1, a->gen, sizeof gen1);
     cr_assert_eq(mpx_connect(a, "x1", 2), 0);
     cr_assert_eq(mpx_flush(a, 5000), 0);
 
-    expire_and_reap(d, &k, A);
+    expire_and_reap(d, &f.k, A);
 
     /* A resumes: the write under gen1 is refused (STALEGEN), the writer
      * kicks the heartbeat, which registers again; then y1 is written under
      * the new generation. */
     cr_assert_eq(mpx_connect(a, "y1", 2), 0);
-    int frc;
-    uint64_t dl = t_now_ms() + 10000; /* MPX_ESTATE while registering again */
-    while ((frc = mpx_flush(a, 10000)) == MPX_ESTATE && t_now_ms() < dl)
-        t_sleep_ms(20);
-    cr_assert_eq(frc, 0, "%s", mpx_last_error());
+    cr_assert_eq(flush_through_registration(a), 0, "%s", mpx_last_error());
     char own[128], sk[256];
-    owner(&k, "y1", own, sizeof own);
+    owner(&f.k, "y1", own, sizeof own);
     cr_assert_str_eq(own, A);
     cr_assert_neq(strcmp(a->gen, gen1), 0, "registered again under a new generation");
-    set_key(&k, A, gen1, "y1", sk, sizeof sk);
+    set_key(&f.k, A, gen1, "y1", sk, sizeof sk);
     cr_assert_eq(t_int(raw, "EXISTS %s", sk), 0, "nothing written under the retired generation");
 
     mpx_destroy(a); /* crash */
-    expire_and_reap(d, &k, A);
+    f.a = NULL;
+    expire_and_reap(d, &f.k, A);
     char buf[MPX_ADDRESS_MAX + 1];
     size_t len = sizeof buf;
     int rc = mpx_spark(d, "y1", 2, buf, &len);
     cr_assert_eq(rc, MPX_ENOTFOUND, "y1 still resolves to dead server %s", buf);
-    mpx_destroy(d);
-    mpx__keys_free(&k);
-    redisFree(raw);
+    fx_close(&f);
 }
 
 /* 1b. The re-registration that follows a STALEGEN must rewrite what the
@@ -147,41 +173,29 @@ Test(sharded_faults, stale_gen_write_after_drain_then_crash, .timeout = 60)
  *     TSan; repeated here to make the window likely. */
 Test(sharded_faults, flush_after_stalegen_waits_for_rewrite, .timeout = 120)
 {
-    raw_open();
-    mpx_options_t o;
-    opts(&o, 60000, 60000);
-    const char *A = "http://127.0.0.1:9103";
-    mpx_t *a = make(&o, A);
-    mpx_t *d = make(&o, NULL);
-    mpx__keys_t k;
-    mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
-    t_sleep_ms(300);
+    const char *A = "http://127.0.0.1:9107";
+    fx_t f;
+    fx_open(&f, 60000, 60000, A);
+    mpx_t *a = f.a, *d = f.d;
     enum { ROUNDS = 25 };
     char id[32], own[128];
     for (int i = 0; i < ROUNDS; i++) {
         snprintf(id, sizeof id, "x%d", i);
         cr_assert_eq(mpx_connect(a, id, strlen(id)), 0);
         cr_assert_eq(mpx_flush(a, 10000), 0, "%s", mpx_last_error());
-        expire_and_reap(d, &k, A);
+        expire_and_reap(d, &f.k, A);
         snprintf(id, sizeof id, "y%d", i);
         cr_assert_eq(mpx_connect(a, id, strlen(id)), 0);
-        int frc;
-        uint64_t dl = t_now_ms() + 10000;
-        while ((frc = mpx_flush(a, 10000)) == MPX_ESTATE && t_now_ms() < dl)
-            t_sleep_ms(20);
-        cr_assert_eq(frc, 0, "round %d: %s", i, mpx_last_error());
+        cr_assert_eq(flush_through_registration(a), 0, "round %d: %s", i, mpx_last_error());
         for (int j = 0; j <= i; j++)
             for (int xy = 0; xy < 2; xy++) {
                 snprintf(id, sizeof id, "%c%d", xy ? 'y' : 'x', j);
-                owner(&k, id, own, sizeof own);
+                owner(&f.k, id, own, sizeof own);
                 cr_assert_str_eq(own, A, "round %d: flush returned 0 but %s is owned by '%s'",
                                  i, id, own);
             }
     }
-    mpx_destroy(a);
-    mpx_destroy(d);
-    mpx__keys_free(&k);
-    redisFree(raw);
+    fx_close(&f);
 }
 
 /* 2. Same, but A's heartbeat stays paused for a while: nothing is written
@@ -190,26 +204,22 @@ Test(sharded_faults, flush_after_stalegen_waits_for_rewrite, .timeout = 120)
  *    layout and the shards' tombstone markers. */
 Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
 {
-    raw_open();
-    mpx_options_t o;
-    opts(&o, 60000, 1500); /* heartbeat every 500 ms */
     const char *A = "http://127.0.0.1:9102";
-    mpx_t *a = make(&o, A);
-    mpx_t *d = make(&o, NULL);
-    mpx__keys_t k;
-    mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
-    t_sleep_ms(300);
+    fx_t f; /* heartbeat every 500 ms */
+    fx_open(&f, 60000, 1500, A);
+    mpx_t *a = f.a, *d = f.d;
+    mpx_options_t o = f.o;
     char gen1[64];
     memcpy(gen1, a->gen, sizeof gen1);
 
     pthread_mutex_lock(&a->life_mu); /* A's heartbeat "paused" */
-    expire_and_reap(d, &k, A);
+    expire_and_reap(d, &f.k, A);
     cr_assert_eq(mpx_connect(a, "y2", 2), 0);
     /* Not written under the retired generation while the heartbeat cannot
      * register again. */
     cr_assert_eq(mpx_flush(a, 1000), MPX_ETIMEDOUT, "%s", mpx_last_error());
     char own[128];
-    owner(&k, "y2", own, sizeof own);
+    owner(&f.k, "y2", own, sizeof own);
     cr_assert_str_eq(own, "");
     pthread_mutex_unlock(&a->life_mu);
 
@@ -223,7 +233,7 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
         t_sleep_ms(20);
     }
     cr_assert_eq(mpx_flush(a, 5000), 0);
-    owner(&k, "y2", own, sizeof own);
+    owner(&f.k, "y2", own, sizeof own);
     cr_assert_str_eq(own, A);
     cr_assert_eq(mpx_disconnect(a, "y2", 2), 0);
     cr_assert_eq(mpx_flush(a, 5000), 0);
@@ -232,6 +242,7 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
     mpx_reap(d, &n);
     mpx_destroy(a);
     mpx_destroy(d);
+    f.a = f.d = NULL;
 
     redisReply *r = t_cmd(raw, "KEYS *%s*", o.ns);
     int leaked = 0;
@@ -253,8 +264,7 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
     }
     freeReplyObject(r);
     cr_assert_eq(leaked, 0, "%d keys leaked (retired generation's set)", leaked);
-    mpx__keys_free(&k);
-    redisFree(raw);
+    fx_close(&f);
 }
 
 /* 3. The heartbeat finds A retired, registering again fails, and the
@@ -262,21 +272,17 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
  *    even after the address went to another instance and A gave up. */
 Test(sharded_faults, writer_active_after_reregistration_fails, .timeout = 60)
 {
-    raw_open();
-    mpx_options_t o;
-    opts(&o, 60000, 1500);
     const char *A = "http://127.0.0.1:9103";
-    mpx_t *a = make(&o, A);
-    mpx_t *d = make(&o, NULL);
-    mpx__keys_t k;
-    mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
-    t_sleep_ms(300);
+    fx_t f;
+    fx_open(&f, 60000, 1500, A);
+    mpx_t *a = f.a, *d = f.d;
+    mpx_options_t o = f.o;
 
     pthread_mutex_lock(&a->life_mu);
-    expire_and_reap(d, &k, A);
+    expire_and_reap(d, &f.k, A);
     /* fault injection standing for ECONN/ETIMEDOUT on the control slot at
      * the moment of the re-registration */
-    freeReplyObject(t_cmd(raw, "SET %s %s", k.layout_key, "sharded 999"));
+    freeReplyObject(t_cmd(raw, "SET %s %s", f.k.layout_key, "sharded 999"));
     pthread_mutex_unlock(&a->life_mu);
     uint64_t dl = t_now_ms() + 5000;
     while (t_now_ms() < dl) {
@@ -291,13 +297,13 @@ Test(sharded_faults, writer_active_after_reregistration_fails, .timeout = 60)
     int frc = mpx_flush(a, 3000);
     t_sleep_ms(300); /* flush refuses when not REGISTERED; give the writer time */
     char own[128];
-    owner(&k, "z1", own, sizeof own);
+    owner(&f.k, "z1", own, sizeof own);
     cr_log_info("A not registered (REGISTERING): flush rc=%d, owner(z1)='%s'", frc, own);
     cr_assert_str_eq(own, "", "written while not registered (invariant 2)");
 
     /* Another instance takes the address; A gives up. */
     pthread_mutex_lock(&a->life_mu);
-    freeReplyObject(t_cmd(raw, "SET %s %s", k.layout_key, "sharded 4"));
+    freeReplyObject(t_cmd(raw, "SET %s %s", f.k.layout_key, "sharded 4"));
     mpx_t *p2 = make(&o, A);
     pthread_mutex_unlock(&a->life_mu);
     dl = t_now_ms() + 5000;
@@ -307,7 +313,7 @@ Test(sharded_faults, writer_active_after_reregistration_fails, .timeout = 60)
     cr_assert_eq(mpx_connect(a, "z2", 2), 0);
     frc = mpx_flush(a, 3000);
     t_sleep_ms(300);
-    owner(&k, "z2", own, sizeof own);
+    owner(&f.k, "z2", own, sizeof own);
     cr_log_info("A gave up (UNREGISTERED, address held by p2): flush rc=%d, owner(z2)='%s'",
                 frc, own);
     cr_assert_str_eq(own, "", "A still writes sparks under an address p2 holds");
@@ -319,15 +325,12 @@ Test(sharded_faults, writer_active_after_reregistration_fails, .timeout = 60)
     cr_assert_eq(mpx_unregister(a), 0);
     cr_assert_eq(mpx_connect(a, "z3", 2), 0);
     t_sleep_ms(300);
-    owner(&k, "z3", own, sizeof own);
+    owner(&f.k, "z3", own, sizeof own);
     cr_log_info("after mpx_unregister(a): owner(z3)='%s'", own);
     cr_assert_str_eq(own, "", "still written after mpx_unregister");
-    mpx_destroy(a);
     mpx_unregister(p2);
     mpx_destroy(p2);
-    mpx_destroy(d);
-    mpx__keys_free(&k);
-    redisFree(raw);
+    fx_close(&f);
 }
 
 /* 4. mpx_register failing on a layout mismatch (MPX_EINVAL) leaves the
