@@ -145,29 +145,8 @@ phase "redis-server"
 command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
 command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found"
 REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-bench-redis.XXXXXX")"
-for attempt in 1 2 3 4 5 6 7 8; do
-    port=$(shuf -i 20000-60000 -n 1)
-    [ "$port" -ne 6379 ] || continue
-    if mpx_port_in_use "$port"; then continue; fi
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$REDIS_DIR" --daemonize no --logfile "$REDIS_DIR/redis.log" \
-        </dev/null >"$REDIS_DIR/redis.out" 2>&1 &
-    REDIS_PID=$!
-    for _ in $(seq 1 100); do # at most ~10 s
-        kill -0 "$REDIS_PID" 2>/dev/null || break
-        if timeout 2 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null |
-            grep -q "^process_id:$REDIS_PID"; then
-            REDIS_PORT="$port"
-            break 2
-        fi
-        sleep 0.1
-    done
-    note "redis-server did not come up on port $port (attempt $attempt)"
-    kill -KILL "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-    REDIS_PID=""
-done
-[ -n "$REDIS_PORT" ] || die "could not start redis-server on a free loopback port"
+mpx_start_redis "$REDIS_DIR" 20000 60000 ||
+    die "could not start redis-server on a free loopback port"
 URL="redis://127.0.0.1:$REDIS_PORT"
 note "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') pid $REDIS_PID at $URL"
 

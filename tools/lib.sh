@@ -75,3 +75,43 @@ mpx_stop_pid() {
     fi
     wait "$pid" 2>/dev/null || true
 }
+
+# mpx_start_redis DIR MIN MAX: start a throwaway redis-server (no
+# persistence) on a free loopback port in MIN..MAX (never 6379), its files
+# in DIR, and wait until the server answering there is this one (its
+# process_id), at most ~10 s per port and 8 ports. Sets REDIS_PID as soon
+# as the process starts (so the caller's EXIT trap can stop it) and
+# REDIS_PORT once it answers; returns 1, with nothing left running, if no
+# port worked. Messages go to stderr.
+# shellcheck disable=SC2034 # REDIS_PORT is for the caller
+mpx_start_redis() {
+    local dir="$1" min="$2" max="$3" attempt port
+    REDIS_PID="" REDIS_PORT=""
+    for attempt in 1 2 3 4 5 6 7 8; do
+        port=$(shuf -i "$min-$max" -n 1)
+        [ "$port" -ne 6379 ] || continue
+        if mpx_port_in_use "$port"; then
+            echo "port $port busy, trying another" >&2
+            continue
+        fi
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --dir "$dir" --daemonize no --logfile "$dir/redis.log" \
+            </dev/null >"$dir/redis.out" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 1 100); do
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            if timeout 2 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null |
+                grep -q "^process_id:$REDIS_PID"; then
+                REDIS_PORT="$port"
+                return 0
+            fi
+            sleep 0.1
+        done
+        echo "redis-server did not come up on port $port (attempt $attempt):" >&2
+        tail -n 5 "$dir/redis.log" "$dir/redis.out" >&2 2>/dev/null || true
+        kill -KILL "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=""
+    done
+    return 1
+}

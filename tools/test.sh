@@ -127,37 +127,8 @@ start_redis() {
     command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
     command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found"
     REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mpx-test-redis.XXXXXX")"
-    local attempt port
-    for attempt in 1 2 3 4 5 6 7 8; do
-        port=$(shuf -i "$REDIS_PORT_MIN-$REDIS_PORT_MAX" -n 1)
-        [ "$port" -ne 6379 ] || continue
-        if mpx_port_in_use "$port"; then
-            note "port $port busy, trying another"
-            continue
-        fi
-        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-            --dir "$REDIS_DIR" --daemonize no --logfile "$REDIS_DIR/redis.log" \
-            </dev/null >"$REDIS_DIR/redis.out" 2>&1 &
-        REDIS_PID=$!
-        for _ in $(seq 1 100); do # at most ~10 s
-            kill -0 "$REDIS_PID" 2>/dev/null || break
-            # Make sure the server answering is ours, not another on the port.
-            if timeout 2 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null |
-                grep -q "^process_id:$REDIS_PID"; then
-                REDIS_PORT="$port"
-                break 2
-            fi
-            sleep 0.1
-        done
-        note "redis-server did not come up on port $port (attempt $attempt):"
-        tail -n 5 "$REDIS_DIR/redis.log" "$REDIS_DIR/redis.out" 2>/dev/null || true
-        if kill -0 "$REDIS_PID" 2>/dev/null; then
-            kill -KILL "$REDIS_PID" 2>/dev/null || true
-        fi
-        wait "$REDIS_PID" 2>/dev/null || true
-        REDIS_PID=""
-    done
-    [ -n "$REDIS_PORT" ] || die "could not start redis-server on a free loopback port"
+    mpx_start_redis "$REDIS_DIR" "$REDIS_PORT_MIN" "$REDIS_PORT_MAX" ||
+        die "could not start redis-server on a free loopback port"
     [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping)" = "PONG" ] ||
         die "redis-server on port $REDIS_PORT does not answer PING"
     export MPX_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -312,13 +283,13 @@ cluster_load() {
         fail_step "cluster load: no cluster (MPX_TEST_CLUSTER_DIR/URL unset)"
         return
     fi
-    local log="$ROOT/build/cluster-load.log" pid rc=0 ok=1 out t0 i mism result
+    local log="$ROOT/build/cluster-load.log" pid rc=0 ok=1 out t0 mism result
     rm -f "$log" "$log.json"
     timeout --kill-after=10 "$CLUSTER_LOAD_TIMEOUT" "$bin" --redis "$url" \
         --namespace "mpxload-$$" "${CLUSTER_LOAD_ARGS[@]}" >"$log.json" 2>"$log" &
     pid=$!
     # The faults start once the load runs: churn started (at most 40 s).
-    for i in $(seq 1 400); do
+    for _ in $(seq 1 400); do
         grep -q '^sparkgen: churn: .* per second' "$log" 2>/dev/null && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
