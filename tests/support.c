@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -343,6 +344,122 @@ int t_count_of(const char *hay, const char *needle)
         n++;
     return n;
 }
+
+/* ---- the Node.js originals ------------------------------------------------- */
+
+/* The test command sets MPX_TEST_REQUIRE_INTEROP=1: there a missing node
+ * is a failure, not a skip. */
+#define SKIP_OR_FAIL(...)                                                      \
+    do {                                                                       \
+        const char *req_ = getenv("MPX_TEST_REQUIRE_INTEROP");                 \
+        if (req_ && strcmp(req_, "1") == 0)                                    \
+            cr_assert_fail(__VA_ARGS__);                                       \
+        cr_skip_test(__VA_ARGS__);                                             \
+    } while (0)
+
+const char *t_interop_dir(void)
+{
+    static char dir[4096];
+    const char *src = getenv("MPX_SOURCE_DIR");
+    if (src && *src) {
+        snprintf(dir, sizeof dir, "%s/tests/interop", src);
+    } else {
+        /* __FILE__ is ".../tests/support.c" */
+        const char *file = __FILE__, *slash = strrchr(file, '/');
+        snprintf(dir, sizeof dir, "%.*s/interop", slash ? (int)(slash - file) : 1,
+                 slash ? file : ".");
+    }
+    return dir;
+}
+
+const char *t_find_node(void)
+{
+    static char node[4096];
+    const char *env = getenv("MPX_NODE");
+    if (env && *env)
+        return access(env, X_OK) == 0 ? env : NULL;
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        if (n > 0 && n < sizeof node - 8) {
+            snprintf(node, sizeof node, "%.*s/node", (int)n, path);
+            if (access(node, X_OK) == 0)
+                return node;
+        }
+        if (!end)
+            break;
+        path = end + 1;
+    }
+    return NULL;
+}
+
+const char *t_require_node(const char *script, ...)
+{
+    const char *node = t_find_node();
+    if (!node)
+        SKIP_OR_FAIL("node not found (PATH or $MPX_NODE): interop test skipped");
+    const char *dir = t_interop_dir();
+    char p[4600];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, script);
+    if (stat(p, &st) != 0)
+        SKIP_OR_FAIL("%s not found (set MPX_SOURCE_DIR): interop test skipped", p);
+    va_list ap;
+    va_start(ap, script);
+    const char *pkg;
+    while ((pkg = va_arg(ap, const char *)) != NULL) {
+        snprintf(p, sizeof p, "%s/node_modules/%s/package.json", dir, pkg);
+        if (stat(p, &st) != 0) {
+            va_end(ap);
+            SKIP_OR_FAIL("%s missing (run `npm ci` in %s): interop test skipped", p, dir);
+        }
+    }
+    va_end(ap);
+    return node;
+}
+
+pid_t t_spawn_peer(const char *const argv[], int *out_fd, int *in_fd)
+{
+    int out[2], in[2] = {-1, -1};
+    cr_assert(pipe2(out, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
+    if (in_fd)
+        cr_assert(pipe2(in, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(126);
+        if (in_fd) {
+            dup2(in[0], 0);
+        } else {
+            int dn = open("/dev/null", O_RDONLY);
+            if (dn >= 0)
+                dup2(dn, 0);
+        }
+        dup2(out[1], 1);
+        execv(argv[0], (char *const *)argv);
+        /* only async-signal-safe calls here: the parent may have threads */
+        static const char msg[] = "error cannot exec node\n";
+        ssize_t ignored = write(1, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(127);
+    }
+    close(out[1]);
+    *out_fd = out[0];
+    if (in_fd) {
+        close(in[0]);
+        *in_fd = in[1];
+    }
+    return pid;
+}
+
+/* ---- on_error -------------------------------------------------------------- */
 
 static void t_on_error(mpx_t *m, int err, const char *msg, void *d)
 {

@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "metroplex.h"
 #include "redis_proc.h"
@@ -71,6 +72,25 @@ int t_count_of(const char *hay, const char *needle);
 #define T_EXPECT_RC(r, want)                                                               \
     cr_assert_eq((r).status, (want), "exit %d (want %d)\nstdout: %s\nstderr: %s", (r).status, \
                  (want), (r).out, (r).err)
+
+/* The Node.js originals (test_interop, test_omega, test_cli). tests/interop
+ * (the peer scripts, and the packages `npm ci` installs there): through
+ * $MPX_SOURCE_DIR (the source tree) when set, else next to support.c
+ * (__FILE__ is absolute in CMake builds). */
+const char *t_interop_dir(void);
+/* node: $MPX_NODE when set (NULL if it is not executable), else the first
+ * in PATH; NULL: not found. */
+const char *t_find_node(void);
+/* Skip the calling test unless node, t_interop_dir()/script and the
+ * NULL-terminated node_modules packages are there; with
+ * MPX_TEST_REQUIRE_INTEROP=1 (as the test command sets) fail it instead.
+ * Returns node. */
+const char *t_require_node(const char *script, ...);
+/* Start argv (NULL-terminated, argv[0] the program) in a child that dies with
+ * this process (PR_SET_PDEATHSIG). Its stdout is a pipe, the read end in
+ * *out_fd; with in_fd its stdin is one too, the write end in *in_fd, else
+ * /dev/null. If exec fails it prints "error cannot exec node" and exits 127. */
+pid_t t_spawn_peer(const char *const argv[], int *out_fd, int *in_fd);
 
 /* Monotonic milliseconds. */
 uint64_t t_now_ms(void);

@@ -14,7 +14,6 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -360,62 +358,11 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
 /* A keyspace written by the Node.js original                               */
 /* ------------------------------------------------------------------------ */
 
-static const char *interop_dir(void)
-{
-    static char dir[4096];
-    const char *src = getenv("MPX_SOURCE_DIR");
-    if (src && *src) {
-        snprintf(dir, sizeof dir, "%s/tests/interop", src);
-    } else {
-        const char *file = __FILE__, *slash = strrchr(file, '/');
-        snprintf(dir, sizeof dir, "%.*s/interop", slash ? (int)(slash - file) : 1,
-                 slash ? file : ".");
-    }
-    return dir;
-}
-
-static const char *find_node(void)
-{
-    static char node[4096];
-    const char *env = getenv("MPX_NODE");
-    if (env && *env)
-        return access(env, X_OK) == 0 ? env : NULL;
-    const char *path = getenv("PATH");
-    if (!path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        if (n > 0 && n < sizeof node - 8) {
-            snprintf(node, sizeof node, "%.*s/node", (int)n, path);
-            if (access(node, X_OK) == 0)
-                return node;
-        }
-        if (!end)
-            break;
-        path = end + 1;
-    }
-    return NULL;
-}
-
-#define SKIP_OR_FAIL(...)                                                      \
-    do {                                                                       \
-        const char *req_ = getenv("MPX_TEST_REQUIRE_INTEROP");                 \
-        if (req_ && strcmp(req_, "1") == 0)                                    \
-            cr_assert_fail(__VA_ARGS__);                                       \
-        cr_skip_test(__VA_ARGS__);                                             \
-    } while (0)
-
 Test(cli, a_keyspace_written_by_the_node_original)
 {
-    const char *node = find_node();
-    if (!node)
-        SKIP_OR_FAIL("node not found (PATH or $MPX_NODE): test skipped");
-    char script[4200], mod[4200];
-    snprintf(script, sizeof script, "%s/node_peer.js", interop_dir());
-    snprintf(mod, sizeof mod, "%s/node_modules/metroplex/package.json", interop_dir());
-    if (access(script, R_OK) != 0 || access(mod, R_OK) != 0)
-        SKIP_OR_FAIL("%s or its node_modules missing: test skipped", script);
+    const char *node = t_require_node("node_peer.js", "metroplex", NULL);
+    char script[4200];
+    snprintf(script, sizeof script, "%s/node_peer.js", t_interop_dir());
 
     const char *ns = t_ns();
     const char *addr = "http://127.0.0.1:9321";
@@ -423,21 +370,8 @@ Test(cli, a_keyspace_written_by_the_node_original)
                           ns,            "--interval", "1000",     "--latency",   "300",
                           "--address",   addr,       "--connect", "n1,n2,n3,n4", "--stay-ms",
                           "30000",       NULL};
-    int out[2];
-    cr_assert(pipe2(out, O_CLOEXEC) == 0);
-    fflush(NULL);
-    child_pid = fork();
-    cr_assert(child_pid >= 0);
-    if (child_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(out[1], 1);
-        int dn = open("/dev/null", O_RDONLY);
-        if (dn >= 0)
-            dup2(dn, 0);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
+    int out_fd;
+    child_pid = t_spawn_peer(argv, &out_fd, NULL);
     /* wait for "connected 4" */
     char buf[8192];
     size_t len = 0;
@@ -446,9 +380,9 @@ Test(cli, a_keyspace_written_by_the_node_original)
     while (!strstr(buf, "connected 4")) {
         cr_assert(!strstr(buf, "error"), "node peer: %s", buf);
         cr_assert(t_now_ms() < deadline, "node peer did not connect: %s", buf);
-        struct pollfd p = {out[0], POLLIN, 0};
+        struct pollfd p = {out_fd, POLLIN, 0};
         if (poll(&p, 1, 100) > 0) {
-            ssize_t n = read(out[0], buf + len, sizeof buf - 1 - len);
+            ssize_t n = read(out_fd, buf + len, sizeof buf - 1 - len);
             cr_assert(n > 0, "node peer exited: %.*s", (int)len, buf);
             len += (size_t)n;
         }
@@ -474,7 +408,7 @@ Test(cli, a_keyspace_written_by_the_node_original)
     kill(child_pid, SIGKILL);
     waitpid(child_pid, NULL, 0);
     child_pid = 0;
-    close(out[0]); /* only now: the peer writes to it until it dies */
+    close(out_fd); /* only now: the peer writes to it until it dies */
     redisContext *c = t_connect(NULL);
     deadline = t_now_ms() + 5000;
     while (t_int(c, "EXISTS %s:%s", ns, addr) == 1) {

@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -40,94 +39,10 @@
 #define A_NODE "http://127.0.0.1:9101"
 #define A_C "http://127.0.0.1:9102"
 
-/* ------------------------------------------------------------------------ */
-/* Locating node and the peer script                                         */
-/* ------------------------------------------------------------------------ */
-
-static char interop_dir_buf[4096];
-
-static const char *interop_dir(void)
-{
-    if (interop_dir_buf[0])
-        return interop_dir_buf;
-    const char *src = getenv("MPX_SOURCE_DIR");
-    if (src && *src) {
-        snprintf(interop_dir_buf, sizeof interop_dir_buf, "%s/tests/interop", src);
-    } else {
-        /* __FILE__ is ".../tests/test_interop.c" */
-        const char *file = __FILE__;
-        const char *slash = strrchr(file, '/');
-        if (slash)
-            snprintf(interop_dir_buf, sizeof interop_dir_buf, "%.*s/interop", (int)(slash - file),
-                     file);
-        else
-            snprintf(interop_dir_buf, sizeof interop_dir_buf, "interop");
-    }
-    return interop_dir_buf;
-}
-
-static int file_exists(const char *dir, const char *rel)
-{
-    char p[4600];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/%s", dir, rel);
-    return stat(p, &st) == 0;
-}
-
-static char node_path[4096];
-
-static const char *find_node(void)
-{
-    if (node_path[0])
-        return node_path;
-    const char *env = getenv("MPX_NODE");
-    if (env && *env) {
-        if (access(env, X_OK) == 0)
-            snprintf(node_path, sizeof node_path, "%s", env);
-        return node_path[0] ? node_path : NULL;
-    }
-    const char *path = getenv("PATH");
-    if (!path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        char cand[4096];
-        if (n > 0 && n < sizeof cand - 8) {
-            snprintf(cand, sizeof cand, "%.*s/node", (int)n, path);
-            if (access(cand, X_OK) == 0) {
-                snprintf(node_path, sizeof node_path, "%s", cand);
-                return node_path;
-            }
-        }
-        if (!end)
-            break;
-        path = end + 1;
-    }
-    return NULL;
-}
-
-/* Skip the calling test when the Node side cannot run. */
-/* The test command sets MPX_TEST_REQUIRE_INTEROP=1: there a missing node
- * is a failure, not a skip. */
-#define SKIP_OR_FAIL(...)                                                      \
-    do {                                                                       \
-        const char *req_ = getenv("MPX_TEST_REQUIRE_INTEROP");                 \
-        if (req_ && strcmp(req_, "1") == 0)                                    \
-            cr_assert_fail(__VA_ARGS__);                                       \
-        cr_skip_test(__VA_ARGS__);                                             \
-    } while (0)
-
+/* Skip the calling test when the Node side cannot run (tests/support.c). */
 static void require_node(void)
 {
-    if (!find_node())
-        SKIP_OR_FAIL("node not found (PATH or $MPX_NODE): interop test skipped");
-    const char *dir = interop_dir();
-    if (!file_exists(dir, "node_peer.js"))
-        SKIP_OR_FAIL("%s/node_peer.js not found (set MPX_SOURCE_DIR): interop test skipped", dir);
-    if (!file_exists(dir, "node_modules/metroplex/package.json") ||
-        !file_exists(dir, "node_modules/ioredis/package.json"))
-        SKIP_OR_FAIL("%s/node_modules missing (run `npm ci` there): interop test skipped", dir);
+    t_require_node("node_peer.js", "metroplex", "ioredis", NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -267,13 +182,13 @@ static peer_t *peer_start(const char *ns, int with_stdin, ...)
     p->in_fd = p->out_fd = -1;
 
     char script[4600], interval[16], latency[16];
-    snprintf(script, sizeof script, "%s/node_peer.js", interop_dir());
+    snprintf(script, sizeof script, "%s/node_peer.js", t_interop_dir());
     snprintf(interval, sizeof interval, "%u", INTERVAL);
     snprintf(latency, sizeof latency, "%u", LATENCY);
 
     const char *argv[64];
     int argc = 0;
-    argv[argc++] = find_node();
+    argv[argc++] = t_find_node();
     argv[argc++] = script;
     argv[argc++] = "--url";
     argv[argc++] = t_redis_url();
@@ -295,40 +210,7 @@ static peer_t *peer_start(const char *ns, int with_stdin, ...)
     va_end(ap);
     argv[argc] = NULL;
 
-    int out[2], in[2] = {-1, -1};
-    cr_assert(pipe2(out, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
-    if (with_stdin)
-        cr_assert(pipe2(in, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
-
-    fflush(NULL);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(126);
-        if (with_stdin) {
-            dup2(in[0], 0);
-        } else {
-            int dn = open("/dev/null", O_RDONLY);
-            if (dn >= 0)
-                dup2(dn, 0);
-        }
-        dup2(out[1], 1);
-        execv(argv[0], (char *const *)argv);
-        /* only async-signal-safe calls here: the parent may have threads */
-        static const char msg[] = "error cannot exec node\n";
-        ssize_t ignored = write(1, msg, sizeof msg - 1);
-        (void)ignored;
-        _exit(127);
-    }
-    close(out[1]);
-    if (with_stdin)
-        close(in[0]);
-    p->pid = pid;
-    p->out_fd = out[0];
-    p->in_fd = with_stdin ? in[1] : -1;
+    p->pid = t_spawn_peer(argv, &p->out_fd, with_stdin ? &p->in_fd : NULL);
     return p;
 }
 

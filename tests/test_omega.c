@@ -639,61 +639,13 @@ Test(omega, concurrency_one_still_reaches_everyone)
  * MPX_TEST_REQUIRE_INTEROP=1 (the test command), where that fails.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-
-#define SKIP_OR_FAIL(...)                                                      \
-    do {                                                                       \
-        const char *req_ = getenv("MPX_TEST_REQUIRE_INTEROP");                 \
-        if (req_ && strcmp(req_, "1") == 0)                                    \
-            cr_assert_fail(__VA_ARGS__);                                       \
-        cr_skip_test(__VA_ARGS__);                                             \
-    } while (0)
-
-static char peer_dir[4096], node_bin[4096];
 
 static void require_node(void)
 {
-    const char *src = getenv("MPX_SOURCE_DIR");
-    if (src && *src) {
-        snprintf(peer_dir, sizeof peer_dir, "%s/tests/interop", src);
-    } else {
-        const char *f = __FILE__, *slash = strrchr(f, '/');
-        snprintf(peer_dir, sizeof peer_dir, "%.*s/interop", slash ? (int)(slash - f) : 1,
-                 slash ? f : ".");
-    }
-    const char *env = getenv("MPX_NODE");
-    node_bin[0] = 0;
-    if (env && *env && access(env, X_OK) == 0) {
-        snprintf(node_bin, sizeof node_bin, "%s", env);
-    } else {
-        const char *path = getenv("PATH");
-        while (path && *path && !node_bin[0]) {
-            const char *end = strchr(path, ':');
-            size_t n = end ? (size_t)(end - path) : strlen(path);
-            char cand[4096];
-            snprintf(cand, sizeof cand, "%.*s/node", (int)n, path);
-            if (n && access(cand, X_OK) == 0)
-                snprintf(node_bin, sizeof node_bin, "%s", cand);
-            path = end ? end + 1 : NULL;
-        }
-    }
-    if (!node_bin[0])
-        SKIP_OR_FAIL("node not found (PATH or $MPX_NODE): interop test skipped");
-    const char *need[] = {"omega_peer.js", "node_modules/primus/package.json",
-                          "node_modules/omega-supreme/package.json",
-                          "node_modules/metroplex/package.json", "node_modules/ws/package.json"};
-    for (size_t i = 0; i < sizeof need / sizeof *need; i++) {
-        char p[4600];
-        struct stat st;
-        snprintf(p, sizeof p, "%s/%s", peer_dir, need[i]);
-        if (stat(p, &st) != 0)
-            SKIP_OR_FAIL("%s missing (run `npm ci` in %s): interop test skipped", p, peer_dir);
-    }
+    t_require_node("omega_peer.js", "primus", "omega-supreme", "metroplex", "ws", NULL);
 }
 
 #define PEER_LINES 256
@@ -755,33 +707,11 @@ static peer_t *peer_start(const char *ns, int clients, const char *password)
     peer_reset();
     peer_t *p = &the_peer;
     char script[4600], nclients[16];
-    snprintf(script, sizeof script, "%s/omega_peer.js", peer_dir);
+    snprintf(script, sizeof script, "%s/omega_peer.js", t_interop_dir());
     snprintf(nclients, sizeof nclients, "%d", clients);
-    const char *argv[] = {node_bin, script, "--url", t_redis_url(), "--ns", ns, "--clients",
+    const char *argv[] = {t_find_node(), script, "--url", t_redis_url(), "--ns", ns, "--clients",
                           nclients, "--password", password, NULL};
-    int out[2], in[2];
-    cr_assert(pipe2(out, O_CLOEXEC) == 0 && pipe2(in, O_CLOEXEC) == 0);
-    fflush(NULL);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(126);
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        execv(argv[0], (char *const *)argv);
-        static const char msg[] = "error cannot exec node\n";
-        ssize_t ignored = write(1, msg, sizeof msg - 1);
-        (void)ignored;
-        _exit(127);
-    }
-    close(out[1]);
-    close(in[0]);
-    p->pid = pid;
-    p->out_fd = out[0];
-    p->in_fd = in[1];
+    p->pid = t_spawn_peer(argv, &p->out_fd, &p->in_fd);
     return p;
 }
 
