@@ -199,6 +199,43 @@ void *t_ping_loop(void *arg)
     return NULL;
 }
 
+void t_churn_init(t_churn_t *ch, mpx_t *m)
+{
+    memset(ch, 0, sizeof *ch);
+    ch->m = m;
+    char id[32];
+    for (int i = 0; i < T_CHURN_IDS; i += 2) {
+        snprintf(id, sizeof id, "w%d", i);
+        mpx_connect(m, id, strlen(id));
+        ch->state[i] = 1;
+    }
+}
+
+void *t_churn_loop(void *arg)
+{
+    t_churn_t *ch = arg;
+    unsigned seed = 12345;
+    char id[32];
+    uint64_t end = t_now_ms() + 120000; /* bounded */
+    while (!atomic_load(&ch->stop) && t_now_ms() < end) {
+        for (int k = 0; k < 200; k++) {
+            seed = seed * 1103515245u + 12345u;
+            int i = (int)((seed >> 8) % T_CHURN_IDS);
+            snprintf(id, sizeof id, "w%d", i);
+            if (ch->state[i]) {
+                mpx_disconnect(ch->m, id, strlen(id));
+                ch->state[i] = 0;
+            } else {
+                mpx_connect(ch->m, id, strlen(id));
+                ch->state[i] = 1;
+            }
+            ch->ops++;
+        }
+        t_sleep_ms(1);
+    }
+    return NULL;
+}
+
 /* ---- the test cluster ------------------------------------------------------ */
 
 const char *t_cluster_url(void)

@@ -49,6 +49,20 @@ typedef struct t_pinger {
     uint64_t worst_us, count;
 } t_pinger_t;
 void *t_ping_loop(void *pinger);
+/* A registry that keeps writing: run t_churn_loop on a thread, set `stop`
+ * to end it (it ends by itself after 2 minutes). It connects and disconnects
+ * m's sparks "w0".."w2999" in a fixed pseudo-random order, 200 calls then a
+ * millisecond's sleep; state[i] is 1 while "w<i>" is connected. */
+#define T_CHURN_IDS 3000
+typedef struct t_churn {
+    mpx_t *m;
+    atomic_bool stop;
+    unsigned char state[T_CHURN_IDS]; /* 1 connected */
+    uint64_t ops;
+} t_churn_t;
+/* Clear ch for m and connect every other spark (w0, w2, ...) to start with. */
+void t_churn_init(t_churn_t *ch, mpx_t *m);
+void *t_churn_loop(void *churn);
 /* URL of the test Redis Cluster (MPX_TEST_CLUSTER_URL, started by the test
  * command). Unset: the test is skipped, or fails when
  * MPX_TEST_REQUIRE_CLUSTER=1 (as the test command sets). */

@@ -434,39 +434,6 @@ Test(cli, a_keyspace_written_by_the_node_original)
 /* repair while a registry keeps writing                                    */
 /* ------------------------------------------------------------------------ */
 
-#define CHURN_IDS 3000
-
-typedef struct churn {
-    mpx_t *m;
-    atomic_bool stop;
-    unsigned char state[CHURN_IDS]; /* 1 connected */
-    uint64_t ops;
-} churn_t;
-
-static void *churn_main(void *arg)
-{
-    churn_t *ch = arg;
-    unsigned seed = 12345;
-    char id[32];
-    while (!atomic_load(&ch->stop)) {
-        for (int k = 0; k < 200; k++) {
-            seed = seed * 1103515245u + 12345u;
-            int i = (int)((seed >> 8) % CHURN_IDS);
-            snprintf(id, sizeof id, "w%d", i);
-            if (ch->state[i]) {
-                mpx_disconnect(ch->m, id, strlen(id));
-                ch->state[i] = 0;
-            } else {
-                mpx_connect(ch->m, id, strlen(id));
-                ch->state[i] = 1;
-            }
-            ch->ops++;
-        }
-        t_sleep_ms(1);
-    }
-    return NULL;
-}
-
 Test(cli, repair_while_a_registry_writes_loses_nothing_live)
 {
     mpx_options_t o;
@@ -475,15 +442,9 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
     const char *A = "http://127.0.0.1:9331";
     cr_assert_eq(mpx_create(&o, &live_mpx), 0);
     cr_assert_eq(mpx_register(live_mpx, A), 0, "%s", mpx_last_error());
-    static churn_t ch;
-    memset(&ch, 0, sizeof ch);
-    ch.m = live_mpx;
+    static t_churn_t ch;
+    t_churn_init(&ch, live_mpx); /* half connected to start with */
     char id[32];
-    for (int i = 0; i < CHURN_IDS; i += 2) { /* half connected to start with */
-        snprintf(id, sizeof id, "w%d", i);
-        mpx_connect(live_mpx, id, strlen(id));
-        ch.state[i] = 1;
-    }
     cr_assert_eq(mpx_flush(live_mpx, 5000), 0);
     redisContext *c = t_connect(NULL);
     /* damage around the live server */
@@ -491,11 +452,11 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
         rcmd(c, "HSET %s:sparks orphan%d http://10.0.1.1:1", ns, i);
         rcmd(c, "SADD %s:%s:sparks ghost%d", ns, A, i);
     }
-    for (int i = 0; i < CHURN_IDS; i += 10)
+    for (int i = 0; i < T_CHURN_IDS; i += 10)
         rcmd(c, "SREM %s:%s:sparks w%d", ns, A, i);
 
     pthread_t th;
-    pthread_create(&th, NULL, churn_main, &ch);
+    pthread_create(&th, NULL, t_churn_loop, &ch);
     t_sleep_ms(100);
     /* small chunks: many script calls interleaved with the writer */
     t_run_t r = cli(ns, "--chunk", "50", "repair", "--no-wait", NULL);
@@ -509,7 +470,7 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
 
     /* every live spark is in the hash and in the set; nothing else is */
     long long connected = 0;
-    for (int i = 0; i < CHURN_IDS; i++) {
+    for (int i = 0; i < T_CHURN_IDS; i++) {
         snprintf(id, sizeof id, "w%d", i);
         char *v = hget(c, ns, id);
         long long in_set = t_int(c, "SISMEMBER %s:%s:sparks %s", ns, A, id);
@@ -528,7 +489,7 @@ Test(cli, repair_while_a_registry_writes_loses_nothing_live)
     r = cli(ns, "repair", NULL);
     T_EXPECT_RC(r, 0);
     t_run_free(&r);
-    for (int i = 0; i < CHURN_IDS; i++) {
+    for (int i = 0; i < T_CHURN_IDS; i++) {
         if (!ch.state[i])
             continue;
         snprintf(id, sizeof id, "w%d", i);

@@ -714,40 +714,6 @@ Test(cli_sharded, a_drain_in_progress_is_not_a_problem_on_a_cluster)
 /* repair while a registry keeps writing                                    */
 /* ------------------------------------------------------------------------ */
 
-#define CHURN_IDS 3000
-
-typedef struct churn {
-    mpx_t *m;
-    atomic_bool stop;
-    unsigned char state[CHURN_IDS]; /* 1 connected */
-    uint64_t ops;
-} churn_t;
-
-static void *churn_main(void *arg)
-{
-    churn_t *ch = arg;
-    unsigned seed = 12345;
-    char id[32];
-    uint64_t end = t_now_ms() + 120000; /* bounded */
-    while (!atomic_load(&ch->stop) && t_now_ms() < end) {
-        for (int k = 0; k < 200; k++) {
-            seed = seed * 1103515245u + 12345u;
-            int i = (int)((seed >> 8) % CHURN_IDS);
-            snprintf(id, sizeof id, "w%d", i);
-            if (ch->state[i]) {
-                mpx_disconnect(ch->m, id, strlen(id));
-                ch->state[i] = 0;
-            } else {
-                mpx_connect(ch->m, id, strlen(id));
-                ch->state[i] = 1;
-            }
-            ch->ops++;
-        }
-        t_sleep_ms(1);
-    }
-    return NULL;
-}
-
 static void repair_under_writes(int cluster)
 {
     mpx_options_t o;
@@ -756,15 +722,9 @@ static void repair_under_writes(int cluster)
     const char *A = "http://127.0.0.1:9431";
     live_mpx = make_live(&o, A);
     const char *L = live_mpx->gen;
-    static churn_t ch;
-    memset(&ch, 0, sizeof ch);
-    ch.m = live_mpx;
+    static t_churn_t ch;
+    t_churn_init(&ch, live_mpx); /* half connected to start with */
     char id[32];
-    for (int i = 0; i < CHURN_IDS; i += 2) { /* half connected to start with */
-        snprintf(id, sizeof id, "w%d", i);
-        mpx_connect(live_mpx, id, strlen(id));
-        ch.state[i] = 1;
-    }
     cr_assert_eq(mpx_flush(live_mpx, 10000), 0, "%s", mpx_last_error());
     db_t d;
     db_open(&d, url, ns, 16);
@@ -775,14 +735,14 @@ static void repair_under_writes(int cluster)
         snprintf(id, sizeof id, "ghost%d", i);
         db_cmd(&d, "SADD %s %s", k_own(&d, shard(&d, id), A, L), id);
     }
-    for (int i = 0; i < CHURN_IDS; i += 10) {
+    for (int i = 0; i < T_CHURN_IDS; i += 10) {
         snprintf(id, sizeof id, "w%d", i);
         db_cmd(&d, "SREM %s %s", k_own(&d, shard(&d, id), A, L), id);
     }
     db_cmd(&d, "HDEL %s %s", k_marker(&d, 3), A);
 
     pthread_t th;
-    pthread_create(&th, NULL, churn_main, &ch);
+    pthread_create(&th, NULL, t_churn_loop, &ch);
     t_sleep_ms(100);
     /* small chunks: many script calls interleaved with the writer */
     t_run_t r = cli(url, ns, "--chunk", "50", "repair", "--no-wait", NULL);
@@ -797,7 +757,7 @@ static void repair_under_writes(int cluster)
     /* every live spark is in the hash and in the set; nothing else is */
     long long connected = 0;
     char v[128];
-    for (int i = 0; i < CHURN_IDS; i++) {
+    for (int i = 0; i < T_CHURN_IDS; i++) {
         snprintf(id, sizeof id, "w%d", i);
         owner(&d, id, v, sizeof v);
         long long in_set = member(&d, A, L, id);
@@ -815,7 +775,7 @@ static void repair_under_writes(int cluster)
     r = cli(url, ns, "repair", NULL);
     T_EXPECT_RC(r, 0);
     t_run_free(&r);
-    for (int i = 0; i < CHURN_IDS; i++) {
+    for (int i = 0; i < T_CHURN_IDS; i++) {
         if (!ch.state[i])
             continue;
         snprintf(id, sizeof id, "w%d", i);
