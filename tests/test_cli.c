@@ -281,8 +281,6 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
     rcmd(c, "SADD %s:http://10.0.0.8:1:sparks:draining:x1 asd1", ns);
     rcmd(c, "HSET %s:sparks asd1 http://10.0.0.8:1", ns);
 
-    r = cli(ns, "--json", "check", NULL);
-    T_EXPECT_RC(r, 1);
     const char *expect[] = {
         "{\"kind\":\"hash-not-in-set\",\"address\":\"http://127.0.0.1:9311\",\"id\":\"a1\",",
         "{\"kind\":\"hash-unregistered\",\"address\":\"http://10.0.0.3:1\",\"id\":\"orphan1\",",
@@ -302,10 +300,20 @@ Test(cli, check_finds_each_damage_and_repair_fixes_it)
         "{\"kind\":\"aside-unlisted\",\"address\":\"http://10.0.0.8:1\",",
         "{\"kind\":\"hash-unregistered\",\"address\":\"http://10.0.0.8:1\",\"id\":\"asd1\",",
     };
-    for (size_t i = 0; i < sizeof expect / sizeof *expect; i++)
-        cr_assert(strstr(r.out, expect[i]), "missing %s in %s", expect[i], r.out);
-    cr_assert(strstr(r.out, "\"problems\":14,"), "%s", r.out);
-    t_run_free(&r);
+    /* In one SCAN reply (the default chunk), and spread over many (--chunk
+     * 1): the check once reused the command buffer of a fix script from
+     * one SCAN reply for the next reply's TYPE probes, so the damage found
+     * after the first repaired key was missed, more so in big keyspaces. */
+    const char *chunks[] = {"1000", "1", "3"};
+    for (size_t c_i = 0; c_i < sizeof chunks / sizeof *chunks; c_i++) {
+        r = cli(ns, "--json", "--chunk", chunks[c_i], "check", NULL);
+        T_EXPECT_RC(r, 1);
+        for (size_t i = 0; i < sizeof expect / sizeof *expect; i++)
+            cr_assert(strstr(r.out, expect[i]), "--chunk %s: missing %s in %s", chunks[c_i],
+                      expect[i], r.out);
+        cr_assert(strstr(r.out, "\"problems\":14,"), "--chunk %s: %s", chunks[c_i], r.out);
+        t_run_free(&r);
+    }
 
     /* a dry run changes nothing */
     long long hlen = t_int(c, "HLEN %s:sparks", ns);

@@ -1532,7 +1532,11 @@ static void phase_keys(engine_t *e)
     while ((arr = scan_next(&s, &h)) != NULL) {
         size_t n = arr->elements;
         int *kind = xmalloc(n * sizeof *kind);
-        /* TYPE of every candidate, pipelined */
+        /* TYPE of every candidate, pipelined. `a` still holds the last fix
+         * script of the previous reply (run() leaves its command): sent
+         * along, it shifted every TYPE reply by one and findings were
+         * missed (test_cli check_finds_each_damage_and_repair_fixes_it). */
+        mpx__argv_reset(&a);
         size_t sent = 0;
         for (size_t i = 0; i < n; i++) {
             redisReply *k = arr->element[i];
