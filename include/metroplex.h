@@ -320,10 +320,14 @@ int mpx_disconnect(mpx_t *mpx, const void *id, size_t len);
 
 /*
  * Wait until every change queued before the call is committed in Redis.
+ * After Redis restarted (or this server was reaped and registers again),
+ * that includes the rewrite of every local spark: 0 means Redis holds them.
  * Returns 0 (also when nothing is pending); MPX_ETIMEDOUT (not all written
  * within timeout_ms: the changes stay queued and are still written later);
  * MPX_ESTATE (not registered, or registration still in progress, while
- * changes wait: nothing can be written yet; or called from a callback).
+ * sparks wait to be written: nothing can be written yet; or writing stopped
+ * during the wait: mpx_unregister, the address taken over by another
+ * instance, or registration given up; or called from a callback).
  * Thread-safety: any thread, concurrently.
  */
 int mpx_flush(mpx_t *mpx, uint32_t timeout_ms);

@@ -399,6 +399,12 @@ void mpx__writer_pause(mpx_t *m);
 /* Ask for every local spark to be written again and stale entries of this
  * server removed (after this server was found missing, Redis restarted). */
 void mpx__writer_resync(mpx_t *m);
+/* The heartbeat checked this server's registration against Redis (after
+ * any restart it saw): flush answers held since the writer saw a restart
+ * may go, unless it saw another since mpx__writer_restarts() returned
+ * `restarts` (read at the start of the tick). */
+uint64_t mpx__writer_restarts(mpx_t *m);
+void mpx__writer_checked(mpx_t *m, uint64_t restarts);
 
 /* ---- lookup.c -------------------------------------------------------------- */
 

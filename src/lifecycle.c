@@ -626,6 +626,7 @@ static void tick(mpx_t *m, hb_state_t *hs)
     mpx__conn_t *c = &m->life_conn;
     if (m->state == MPX__UNREGISTERED)
         return; /* nothing to keep alive; do not even connect */
+    uint64_t restarts = mpx__writer_restarts(m); /* before this tick looks at Redis */
     int rc = mpx__conn_ensure(c, false);
     if (rc) {
         if (!hs->down)
@@ -634,10 +635,6 @@ static void tick(mpx_t *m, hb_state_t *hs)
         return;
     }
     hs->down = false;
-    /* On a cluster the writer watches for failovers itself (and the
-     * control keys' loss shows as "missing" below): no second rewrite. */
-    bool restarted = c->run_id_changed && !m->ep.cluster;
-    c->run_id_changed = false;
 
     if (m->state == MPX__REGISTERING) {
         bool partial;
@@ -645,7 +642,6 @@ static void tick(mpx_t *m, hb_state_t *hs)
         if (rc == 0) {
             mpx__emit_register(m, m->address);
             hs->drains_pending = true;
-            restarted = false;
         } else if (!partial && ((rc == MPX_EADDRINUSE && m->address_from_api) ||
                                 rc == MPX_EINVAL)) {
             /* mpx_register said EADDRINUSE is final for an address it was
@@ -687,8 +683,16 @@ static void tick(mpx_t *m, hb_state_t *hs)
     mpx__argv_free(&a);
     if (rc) {
         mpx__report(m, rc, "heartbeat: %s", mpx_last_error());
+        hs->down = true; /* try again soon (a restart is seen at the reconnect) */
         return;
     }
+    /* Taken only now that the heartbeat went through: a restart seen at a
+     * reconnect must not be forgotten with a command that then failed.
+     * (A registration above cleared it: its activation rewrites all.) On a
+     * cluster the writer watches for failovers itself (and the control
+     * keys' loss shows as "missing" below): no second rewrite. */
+    bool restarted = c->run_id_changed && !m->ep.cluster;
+    c->run_id_changed = false;
     long long present = elem_int(r, 0);
     if (present == -1) {
         mpx__report(m, MPX_EADDRINUSE,
@@ -737,6 +741,9 @@ static void tick(mpx_t *m, hb_state_t *hs)
         if (present == 0)
             mpx__emit_register(m, m->address);
     }
+    /* Any restart the writer saw before this tick is handled (a rewrite
+     * requested above, or none needed). */
+    mpx__writer_checked(m, restarts);
 }
 
 static void *heartbeat_main(void *arg)

@@ -230,10 +230,14 @@ int mpx_flush(mpx_t *mpx, uint32_t timeout_ms)
     mpx__cache_stats(mpx->cache, &cs);
     int state = mpx__get_address(mpx, addr);
     if (state != MPX__REGISTERED) {
-        if (cs.pending == 0)
+        /* Registering (again): every local spark is (re)written once it is
+         * registered, also those already settled (it was reaped, or Redis
+         * lost them: the registration rewrites them). */
+        uint64_t waiting = state == MPX__REGISTERING && cs.own > cs.pending ? cs.own : cs.pending;
+        if (waiting == 0)
             return 0; /* nothing to write */
         return mpx__fail(MPX_ESTATE, "flush: not registered; %llu sparks wait for registration",
-                         (unsigned long long)cs.pending);
+                         (unsigned long long)waiting);
     }
     return mpx__writer_flush(mpx, timeout_ms);
 }

@@ -49,8 +49,13 @@ struct mpx__writer {
     pthread_cond_t cond; /* -> writer: work, flush, stop, activate */
     pthread_cond_t done; /* -> waiters: a cycle completed, busy cleared */
     bool active, busy, stop, resync;
+    bool held;                     /* single Redis: this thread's connection saw a new
+                                    * run_id; no flush is answered until the heartbeat
+                                    * has looked (mpx__writer_checked) */
     uint64_t stop_deadline_ms;
     uint64_t requested, completed; /* flush cycles, under mu */
+    uint64_t dropped;              /* flushes up to this one: the writer stopped first */
+    uint64_t restarts;             /* times `held` was set */
     char addr[MPX_ADDRESS_MAX + 1];
     char gen[64];                  /* sharded: the registration's generation */
     uint8_t *resync_shards;        /* with resync: only these shards (NULL: all) */
@@ -614,6 +619,29 @@ static void failover_resync(mpx_t *m, mpx__writer_t *w)
     free(only);
 }
 
+/* Under w->mu: this thread's connection came back to a Redis that restarted
+ * (or, on a cluster, saw a failover). Cluster: rewrite the shards whose
+ * slots failed over. Single Redis: the heartbeat decides (rewrite, or
+ * register again under a new generation in the sharded layout; a rewrite
+ * under the current generation after an empty restart would recreate
+ * shard markers nothing drains), so hold flush answers until it has
+ * looked. true: kick the heartbeat. */
+static bool note_restart(mpx_t *m, mpx__writer_t *w)
+{
+    if (!w->conn.run_id_changed)
+        return false;
+    w->conn.run_id_changed = false;
+    if (!w->active)
+        return false; /* activation rewrites everything */
+    if (m->ep.cluster) {
+        failover_resync(m, w);
+        return false;
+    }
+    w->held = true;
+    w->restarts++;
+    return true;
+}
+
 static void *writer_main(void *arg)
 {
     mpx_t *m = arg;
@@ -646,14 +674,14 @@ static void *writer_main(void *arg)
             pthread_mutex_lock(&w->mu);
             next_refresh_ms = mpx__now_ms() + 1000;
         }
-        if (m->ep.cluster && w->conn.run_id_changed) {
-            w->conn.run_id_changed = false;
-            if (w->active)
-                failover_resync(m, w);
+        if (note_restart(m, w)) {
+            pthread_mutex_unlock(&w->mu);
+            mpx__lifecycle_kick(m);
+            pthread_mutex_lock(&w->mu);
         }
         mpx__cache_stats_t cs;
         mpx__cache_stats(m->cache, &cs);
-        bool flush_wanted = w->requested > w->completed;
+        bool flush_wanted = w->requested > w->completed && !w->held;
         bool work = cs.pending > 0 || flush_wanted || w->resync;
         if (w->stop && (!w->active || !work))
             break;
@@ -675,7 +703,7 @@ static void *writer_main(void *arg)
             atomic_thread_fence(memory_order_seq_cst); /* store before the re-check */
             mpx__cache_stats(m->cache, &cs);
             if (!w->stop && (!w->active || (cs.pending == 0 && !w->resync &&
-                                            w->requested <= w->completed))) {
+                                            (w->requested <= w->completed || w->held)))) {
                 struct timespec ts;
                 deadline_ts(&ts, 1000);
                 pthread_cond_timedwait(&w->cond, &w->mu, &ts);
@@ -717,14 +745,22 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&w->mu);
         w->busy = false;
+        bool kick = note_restart(m, w);
         if (ok) {
-            if (cycle > w->completed)
+            /* Not while a rewrite is owed (Redis restarted or failed over
+             * during the cycle): the next cycle, the rewrite, answers. */
+            if (cycle > w->completed && !w->resync && !w->held)
                 w->completed = cycle;
         } else if (resync && w->active) {
             want_resync(m, w, only); /* still to do */
         }
         free(only);
         pthread_cond_broadcast(&w->done);
+        if (kick) {
+            pthread_mutex_unlock(&w->mu);
+            mpx__lifecycle_kick(m);
+            pthread_mutex_lock(&w->mu);
+        }
         if (!ok && w->stop)
             break;
     }
@@ -805,6 +841,12 @@ int mpx__writer_flush(mpx_t *m, uint32_t timeout_ms)
     pthread_cond_signal(&w->cond);
     int rc = 0;
     while (w->completed < target) {
+        if (w->dropped >= target) {
+            rc = mpx__fail(MPX_ESTATE, "flush: the writer stopped before the changes were "
+                           "written (unregistered, the address taken over, or registration "
+                           "given up)");
+            break;
+        }
         uint64_t now = mpx__now_ms();
         if (now >= deadline) {
             mpx__cache_stats_t cs;
@@ -856,11 +898,33 @@ static void activate(mpx_t *m, const char *addr, const char *gen, bool pause)
         pthread_cond_broadcast(&w->cond);
         while (w->busy)
             pthread_cond_wait(&w->done, &w->mu);
+        w->held = false;
         if (!pause) {
-            /* Nothing to write any more: release flush waiters. */
-            w->completed = w->requested;
+            /* Nothing will be written any more: release flush waiters,
+             * with MPX_ESTATE (their changes were not all written). */
+            w->dropped = w->requested;
             pthread_cond_broadcast(&w->done);
         }
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+uint64_t mpx__writer_restarts(mpx_t *m)
+{
+    mpx__writer_t *w = m->writer;
+    pthread_mutex_lock(&w->mu);
+    uint64_t n = w->restarts;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+void mpx__writer_checked(mpx_t *m, uint64_t restarts)
+{
+    mpx__writer_t *w = m->writer;
+    pthread_mutex_lock(&w->mu);
+    if (w->held && w->restarts == restarts) {
+        w->held = false;
+        pthread_cond_broadcast(&w->cond);
     }
     pthread_mutex_unlock(&w->mu);
 }
