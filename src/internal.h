@@ -426,6 +426,9 @@ void mpx__lifecycle_stop(mpx_t *m);
 void mpx__lifecycle_kick(mpx_t *m);
 /* Copy the address (empty if none) and return the state, under addr_mu. */
 int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1]);
+/* Copy the generation (sharded; empty before the first registration) and
+ * return the state, under addr_mu. */
+int mpx__get_gen(mpx_t *m, char out[64]);
 
 /* ---- the handle ---------------------------------------------------------- */
 
@@ -449,7 +452,8 @@ struct mpx {
     pthread_mutex_t addr_mu;
     int state;                   /* enum mpx__state */
     char address[MPX_ADDRESS_MAX + 1];
-    char gen[64];                /* sharded: this registration's generation */
+    char gen[64];                /* sharded: this registration's generation
+                                  * (written with both locks held, like state) */
     bool address_from_api;       /* set by mpx_register (EADDRINUSE is final) */
     atomic_uint_fast64_t token_seq;
     mpx__conn_t life_conn;       /* used under life_mu */

@@ -51,6 +51,15 @@ int mpx__get_address(mpx_t *m, char out[MPX_ADDRESS_MAX + 1])
     return st;
 }
 
+int mpx__get_gen(mpx_t *m, char out[64])
+{
+    pthread_mutex_lock(&m->addr_mu);
+    memcpy(out, m->gen, sizeof m->gen);
+    int st = m->state;
+    pthread_mutex_unlock(&m->addr_mu);
+    return st;
+}
+
 static size_t own_count(mpx_t *m)
 {
     mpx__cache_stats_t cs;
@@ -168,7 +177,9 @@ static int do_register(mpx_t *m, mpx__conn_t *c, bool *partial)
     } else {
         c->run_id_changed = false;
         atomic_store(&m->self_srv, mpx__cache_intern(m->cache, m->address, strlen(m->address)));
+        pthread_mutex_lock(&m->addr_mu); /* readers: mpx__get_gen */
         memcpy(m->gen, token, sizeof m->gen);
+        pthread_mutex_unlock(&m->addr_mu);
         set_state(m, MPX__REGISTERED, m->address);
         /* Start writing under this registration and write every spark
          * connected so far (also after the address was lost and registered

@@ -253,7 +253,7 @@ Test(flush, sharded_flush_after_redis_restart_waits_for_rewrite, .timeout = 60)
     mpx_t *m = make(&o, A);
     mpx_t *d = make(&o, NULL);
     char gen1[64];
-    memcpy(gen1, m->gen, sizeof gen1);
+    mpx__get_gen(m, gen1);
     for (int i = 0; i < 100; i++) {
         char id[16];
         cr_assert_eq(mpx_connect(m, id, (size_t)snprintf(id, sizeof id, "r%d", i)), 0);
@@ -297,7 +297,9 @@ Test(flush, sharded_flush_after_redis_restart_waits_for_rewrite, .timeout = 60)
         cr_log_info("key of the pre-restart generation %s left: %s", gen1, r->element[i]->str);
     size_t left = r->elements;
     freeReplyObject(r);
-    cr_log_info("generation now %s (was %s); %zu keys of the old one", m->gen, gen1, left);
+    char gen2[64];
+    mpx__get_gen(m, gen2);
+    cr_log_info("generation now %s (was %s); %zu keys of the old one", gen2, gen1, left);
     redisFree(c);
     mpx_unregister(m);
     mpx_destroy(m);

@@ -135,8 +135,8 @@ Test(sharded_faults, stale_gen_write_after_drain_then_crash, .timeout = 60)
     fx_t f; /* heartbeat every 20 s: A "paused" between ticks */
     fx_open(&f, 60000, 60000, A);
     mpx_t *a = f.a, *d = f.d;
-    char gen1[64];
-    memcpy(gen1, a->gen, sizeof gen1);
+    char gen1[64], gen2[64];
+    mpx__get_gen(a, gen1);
     cr_assert_eq(mpx_connect(a, "x1", 2), 0);
     cr_assert_eq(mpx_flush(a, 5000), 0);
 
@@ -150,7 +150,8 @@ Test(sharded_faults, stale_gen_write_after_drain_then_crash, .timeout = 60)
     char own[128], sk[256];
     owner(&f.k, "y1", own, sizeof own);
     cr_assert_str_eq(own, A);
-    cr_assert_neq(strcmp(a->gen, gen1), 0, "registered again under a new generation");
+    mpx__get_gen(a, gen2);
+    cr_assert_neq(strcmp(gen2, gen1), 0, "registered again under a new generation");
     set_key(&f.k, A, gen1, "y1", sk, sizeof sk);
     cr_assert_eq(t_int(raw, "EXISTS %s", sk), 0, "nothing written under the retired generation");
 
@@ -210,7 +211,7 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
     mpx_t *a = f.a, *d = f.d;
     mpx_options_t o = f.o;
     char gen1[64];
-    memcpy(gen1, a->gen, sizeof gen1);
+    mpx__get_gen(a, gen1);
 
     pthread_mutex_lock(&a->life_mu); /* A's heartbeat "paused" */
     expire_and_reap(d, &f.k, A);
@@ -225,9 +226,8 @@ Test(sharded_faults, stale_gen_write_after_drain_leaks_set, .timeout = 60)
 
     uint64_t dl = t_now_ms() + 10000;
     for (;;) {
-        pthread_mutex_lock(&a->addr_mu);
-        bool moved = strcmp(a->gen, gen1) != 0 && a->state == MPX__REGISTERED;
-        pthread_mutex_unlock(&a->addr_mu);
+        char g[64];
+        bool moved = mpx__get_gen(a, g) == MPX__REGISTERED && strcmp(g, gen1) != 0;
         if (moved || t_now_ms() > dl)
             break;
         t_sleep_ms(20);
