@@ -113,6 +113,15 @@ void t_sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
+mpx_t *t_make(const mpx_options_t *o, const char *addr)
+{
+    mpx_t *m = NULL;
+    cr_assert_eq(mpx_create(o, &m), 0, "mpx_create: %s", mpx_last_error());
+    if (addr)
+        cr_assert_eq(mpx_register(m, addr), 0, "mpx_register(%s): %s", addr, mpx_last_error());
+    return m;
+}
+
 int t_scale(void)
 {
     const char *s = getenv("MPX_TEST_SCALE");

@@ -36,6 +36,8 @@ redisReply *t_cmd(redisContext *c, const char *fmt, ...);
 long long t_int(redisContext *c, const char *fmt, ...);
 /* Options with the test server, a fresh namespace and short timings. */
 void t_options(mpx_options_t *o, const char *url);
+/* mpx_create with `o`, then mpx_register at `addr` unless NULL; asserts. */
+mpx_t *t_make(const mpx_options_t *o, const char *addr);
 /* MPX_TEST_SCALE (default 1): sanitizer builds divide their sizes by it. */
 int t_scale(void);
 /* Plant n sparks "dead%09d" of `addr` in namespace `ns` (hash and set),

@@ -42,15 +42,6 @@ static void *flush_thread(void *p)
     return NULL;
 }
 
-static mpx_t *make(mpx_options_t *o, const char *addr)
-{
-    mpx_t *m = NULL;
-    cr_assert_eq(mpx_create(o, &m), 0, "%s", mpx_last_error());
-    if (addr)
-        cr_assert_eq(mpx_register(m, addr), 0, "%s", mpx_last_error());
-    return m;
-}
-
 static void lease_key(const mpx_t *m, const char *addr, char *out, size_t cap)
 {
     mpx__argv_t a;
@@ -62,76 +53,74 @@ static void lease_key(const mpx_t *m, const char *addr, char *out, size_t cap)
 }
 
 /* Node layout, A registered, its writer stuck (NS sparks is a string: every
- * batch fails with WRONGTYPE and is retried), x1 connected, a flush waiting. */
-static void stuck_flush(mpx_options_t *o, mpx_t **out, redisContext **raw, flusher_t *f,
-                        pthread_t *th, const char *A)
+ * batch fails with WRONGTYPE and is retried), x1 connected, a flush waiting
+ * in thread th. */
+typedef struct stuck {
+    mpx_options_t o;
+    mpx_t *a;
+    redisContext *raw;
+    flusher_t f;
+    pthread_t th;
+} stuck_t;
+
+static void stuck_flush(stuck_t *s, const char *A)
 {
-    t_options(o, NULL);
-    o->interval_ms = 60000;
-    o->lease_ms = 1500; /* heartbeat every 500 ms */
-    mpx_t *a = make(o, A);
-    *raw = t_connect(NULL);
-    freeReplyObject(t_cmd(*raw, "SET %s blocked", a->keys.sparks));
-    cr_assert_eq(mpx_connect(a, "x1", 2), 0);
-    f->m = a;
-    f->timeout_ms = 8000;
-    cr_assert_eq(pthread_create(th, NULL, flush_thread, f), 0);
+    memset(s, 0, sizeof *s);
+    t_options(&s->o, NULL);
+    s->o.interval_ms = 60000;
+    s->o.lease_ms = 1500; /* heartbeat every 500 ms */
+    s->a = t_make(&s->o, A);
+    s->raw = t_connect(NULL);
+    freeReplyObject(t_cmd(s->raw, "SET %s blocked", s->a->keys.sparks));
+    cr_assert_eq(mpx_connect(s->a, "x1", 2), 0);
+    s->f.m = s->a;
+    s->f.timeout_ms = 8000;
+    cr_assert_eq(pthread_create(&s->th, NULL, flush_thread, &s->f), 0);
     t_sleep_ms(300); /* the flush waits on the stuck writer */
-    *out = a;
 }
 
 Test(flush, takeover_while_flush_waits, .timeout = 60)
 {
     const char *A = "http://127.0.0.1:9201";
-    mpx_options_t o;
-    mpx_t *a;
-    redisContext *raw;
-    flusher_t f = {0};
-    pthread_t th;
-    stuck_flush(&o, &a, &raw, &f, &th, A);
+    stuck_t s;
+    stuck_flush(&s, A);
     char lk[512];
-    lease_key(a, A, lk, sizeof lk);
+    lease_key(s.a, A, lk, sizeof lk);
     /* Another instance holds the address now (A paused past its lease). */
-    freeReplyObject(t_cmd(raw, "SET %s someone-else PX 60000", lk));
-    pthread_join(th, NULL);
-    freeReplyObject(t_cmd(raw, "DEL %s", a->keys.sparks));
-    long long in_redis = t_int(raw, "HEXISTS %s x1", a->keys.sparks);
+    freeReplyObject(t_cmd(s.raw, "SET %s someone-else PX 60000", lk));
+    pthread_join(s.th, NULL);
+    freeReplyObject(t_cmd(s.raw, "DEL %s", s.a->keys.sparks));
+    long long in_redis = t_int(s.raw, "HEXISTS %s x1", s.a->keys.sparks);
     char ad[MPX_ADDRESS_MAX + 1];
-    int st = mpx__get_address(a, ad);
-    cr_log_info("takeover: flush rc=%d after %llu ms (%s), state=%d, x1 in Redis=%lld", f.rc,
-                (unsigned long long)f.ms, f.err, st, in_redis);
-    cr_assert_eq(f.rc, MPX_ESTATE, "mpx_flush returned %d after %llu ms but x1 was never "
-                 "written (the writer was deactivated: address taken over)", f.rc,
-                 (unsigned long long)f.ms);
-    mpx_destroy(a);
-    freeReplyObject(t_cmd(raw, "DEL %s", lk));
-    redisFree(raw);
+    int st = mpx__get_address(s.a, ad);
+    cr_log_info("takeover: flush rc=%d after %llu ms (%s), state=%d, x1 in Redis=%lld", s.f.rc,
+                (unsigned long long)s.f.ms, s.f.err, st, in_redis);
+    cr_assert_eq(s.f.rc, MPX_ESTATE, "mpx_flush returned %d after %llu ms but x1 was never "
+                 "written (the writer was deactivated: address taken over)", s.f.rc,
+                 (unsigned long long)s.f.ms);
+    mpx_destroy(s.a);
+    freeReplyObject(t_cmd(s.raw, "DEL %s", lk));
+    redisFree(s.raw);
 }
 
 Test(flush, unregister_while_flush_waits, .timeout = 60)
 {
-    const char *A = "http://127.0.0.1:9202";
-    mpx_options_t o;
-    mpx_t *a;
-    redisContext *raw;
-    flusher_t f = {0};
-    pthread_t th;
-    stuck_flush(&o, &a, &raw, &f, &th, A);
+    stuck_t s;
+    stuck_flush(&s, "http://127.0.0.1:9202");
     /* (Its retire script fails on the blocked key: not the point here.) */
-    int urc = mpx_unregister(a);
-    pthread_join(th, NULL);
-    freeReplyObject(t_cmd(raw, "DEL %s", a->keys.sparks));
-    cr_log_info("unregister rc=%d", urc);
-    cr_log_info("unregister: flush rc=%d after %llu ms (%s)", f.rc, (unsigned long long)f.ms,
-                f.err);
-    cr_assert_eq(f.rc, MPX_ESTATE, "mpx_flush returned %d after %llu ms but x1 was never "
-                 "written (unregistered meanwhile)", f.rc, (unsigned long long)f.ms);
-    mpx_destroy(a);
-    redisReply *r = t_cmd(raw, "KEYS %s*", o.ns);
+    int urc = mpx_unregister(s.a);
+    pthread_join(s.th, NULL);
+    freeReplyObject(t_cmd(s.raw, "DEL %s", s.a->keys.sparks));
+    cr_log_info("unregister: rc=%d; flush rc=%d after %llu ms (%s)", urc, s.f.rc,
+                (unsigned long long)s.f.ms, s.f.err);
+    cr_assert_eq(s.f.rc, MPX_ESTATE, "mpx_flush returned %d after %llu ms but x1 was never "
+                 "written (unregistered meanwhile)", s.f.rc, (unsigned long long)s.f.ms);
+    mpx_destroy(s.a);
+    redisReply *r = t_cmd(s.raw, "KEYS %s*", s.o.ns);
     for (size_t i = 0; i < r->elements; i++)
-        freeReplyObject(t_cmd(raw, "DEL %s", r->element[i]->str));
+        freeReplyObject(t_cmd(s.raw, "DEL %s", r->element[i]->str));
     freeReplyObject(r);
-    redisFree(raw);
+    redisFree(s.raw);
 }
 
 /* ---- sharded: the re-registration after a reap fails ----------------------- */
@@ -148,8 +137,8 @@ Test(flush, sharded_flush_while_reregistering_after_reap, .timeout = 60)
     o.interval_ms = 60000;
     o.latency_ms = 1;
     o.lease_ms = 1500;
-    mpx_t *a = make(&o, A);
-    mpx_t *d = make(&o, NULL);
+    mpx_t *a = t_make(&o, A);
+    mpx_t *d = t_make(&o, NULL);
     redisContext *raw = t_connect(NULL);
     mpx__keys_t k;
     mpx__keys_init_layout(&k, o.ns, MPX_LAYOUT_SHARDED, NSH);
@@ -211,7 +200,7 @@ Test(flush, flush_after_redis_restart_waits_for_rewrite, .timeout = 60)
     o.interval_ms = 60000;
     o.lease_ms = 30000; /* heartbeat every 10 s: it does not notice first */
     o.connect_timeout_ms = 300;
-    mpx_t *m = make(&o, "http://127.0.0.1:9204");
+    mpx_t *m = t_make(&o, "http://127.0.0.1:9204");
     for (int i = 0; i < 100; i++) {
         char id[16];
         cr_assert_eq(mpx_connect(m, id, (size_t)snprintf(id, sizeof id, "r%d", i)), 0);
@@ -250,8 +239,8 @@ Test(flush, sharded_flush_after_redis_restart_waits_for_rewrite, .timeout = 60)
     o.lease_ms = 30000;
     o.connect_timeout_ms = 300;
     const char *A = "http://127.0.0.1:9205";
-    mpx_t *m = make(&o, A);
-    mpx_t *d = make(&o, NULL);
+    mpx_t *m = t_make(&o, A);
+    mpx_t *d = t_make(&o, NULL);
     char gen1[64];
     mpx__get_gen(m, gen1);
     for (int i = 0; i < 100; i++) {
@@ -335,7 +324,7 @@ Test(flush, restart_seen_by_a_failed_heartbeat_is_not_forgotten, .timeout = 60)
     o.connect_timeout_ms = 300;
     o.on_error = ts_on_error;
     const char *A = "http://127.0.0.1:9206";
-    mpx_t *m = make(&o, A);
+    mpx_t *m = t_make(&o, A);
     char lk[512];
     lease_key(m, A, lk, sizeof lk);
     char id[16];

@@ -12,14 +12,6 @@
 #include "internal.h"
 #include "support.h"
 
-static mpx_t *make_registered(mpx_options_t *o, const char *addr)
-{
-    mpx_t *m = NULL;
-    cr_assert_eq(mpx_create(o, &m), 0, "mpx_create: %s", mpx_last_error());
-    cr_assert_eq(mpx_register(m, addr), 0, "mpx_register: %s", mpx_last_error());
-    return m;
-}
-
 static void connect_range(mpx_t *m, const char *prefix, int from, int to)
 {
     char id[32];
@@ -104,7 +96,7 @@ static void restart_mid_batch(bool with_old_data)
     o.interval_ms = 60000;
     o.connect_timeout_ms = 300;
     const char *addr = "http://127.0.0.1:8100";
-    mpx_t *m = make_registered(&o, addr);
+    mpx_t *m = t_make(&o, addr);
     connect_range(m, "a", 0, n);
     cr_assert_eq(mpx_flush(m, 20000), 0, "%s", mpx_last_error());
     redisContext *c = t_connect(rp.url);
@@ -161,7 +153,7 @@ Test(hotpath, churn_is_coalesced_and_latency_is_measured)
     mpx_options_t o;
     t_options(&o, NULL);
     o.batch_delay_ms = 200;
-    mpx_t *m = make_registered(&o, "http://127.0.0.1:8110");
+    mpx_t *m = t_make(&o, "http://127.0.0.1:8110");
     cr_assert_eq(mpx_flush(m, 5000), 0);
     for (int k = 0; k < 10; k++) {
         connect_range(m, "z", 0, 100);
@@ -194,10 +186,10 @@ Test(hotpath, remote_sparks_are_cached_then_dropped_with_their_server)
     mpx_options_t o;
     t_options(&o, NULL);
     o.remote_ttl_ms = 60000;
-    mpx_t *a = make_registered(&o, "http://127.0.0.1:8121");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:8121");
     mpx_options_t ob = o;
     ob.remote_ttl_ms = 0;
-    mpx_t *b = make_registered(&ob, "http://127.0.0.1:8122");
+    mpx_t *b = t_make(&ob, "http://127.0.0.1:8122");
     cr_assert_eq(mpx_connect(b, "far", 3), 0);
     cr_assert_eq(mpx_flush(b, 5000), 0);
     char buf[64];
@@ -262,8 +254,8 @@ Test(hotpath, asynchronous_lookups)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    mpx_t *a = make_registered(&o, "http://127.0.0.1:8131");
-    mpx_t *b = make_registered(&o, "http://127.0.0.1:8132");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:8131");
+    mpx_t *b = t_make(&o, "http://127.0.0.1:8132");
     cr_assert_eq(mpx_connect(a, "mine", 4), 0);
     cr_assert_eq(mpx_connect(b, "theirs", 6), 0);
     cr_assert_eq(mpx_flush(b, 5000), 0);
@@ -339,7 +331,7 @@ Test(hotpath, lock_free_readers_while_the_tables_change, .timeout = 120)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    mpx_t *m = make_registered(&o, "http://127.0.0.1:8140");
+    mpx_t *m = t_make(&o, "http://127.0.0.1:8140");
     connect_range(m, "s", 0, 1000);
     atomic_bool stop = false;
     reader_arg_t ra[2] = {{m, &stop, 0, 0}, {m, &stop, 0, 0}};

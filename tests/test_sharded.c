@@ -263,15 +263,6 @@ static void sharded_options(mpx_options_t *o, const char *url, uint32_t shards)
     o->lease_ms = 600; /* heartbeat every 200 ms, reap every 1000 ms */
 }
 
-static mpx_t *make(mpx_options_t *o, const char *addr)
-{
-    mpx_t *m = NULL;
-    cr_assert_eq(mpx_create(o, &m), 0, "mpx_create: %s", mpx_last_error());
-    if (addr)
-        cr_assert_eq(mpx_register(m, addr), 0, "mpx_register: %s", mpx_last_error());
-    return m;
-}
-
 static void id_of(char *buf, size_t cap, const char *prefix, int i)
 {
     snprintf(buf, cap, "%s%07d", prefix, i);
@@ -283,7 +274,7 @@ static void roundtrip(int cluster)
     mpx_options_t o;
     sharded_options(&o, url, 64);
     const char *A = "http://127.0.0.1:8101", *B = "http://127.0.0.1:8102";
-    mpx_t *a = make(&o, A), *b = make(&o, B);
+    mpx_t *a = t_make(&o, A), *b = t_make(&o, B);
     verifier_t v;
     v_open(&v, url, o.ns, 64);
     int n = 3000 / t_scale();
@@ -366,7 +357,7 @@ static void reap_dead(int cluster)
     mpx_options_t o;
     sharded_options(&o, url, 64);
     const char *A = "http://127.0.0.1:8201", *B = "http://127.0.0.1:8202";
-    mpx_t *a = make(&o, A);
+    mpx_t *a = t_make(&o, A);
     int n = 5000 / t_scale();
     char id[32];
     for (int i = 0; i < n; i++) {
@@ -375,7 +366,7 @@ static void reap_dead(int cluster)
     }
     cr_assert_eq(mpx_flush(a, 20000), 0, "%s", mpx_last_error());
     mpx_destroy(a); /* no unregister: its keys stay until the alive key expires */
-    mpx_t *b = make(&o, B);
+    mpx_t *b = t_make(&o, B);
     verifier_t v;
     v_open(&v, url, o.ns, 64);
     cr_assert_eq(v_hlen_all(&v), n);
@@ -415,7 +406,7 @@ static void lost_registration(int cluster)
     mpx_options_t o;
     sharded_options(&o, url, 16);
     const char *A = "http://127.0.0.1:8301";
-    mpx_t *a = make(&o, A);
+    mpx_t *a = t_make(&o, A);
     int n = 2000 / t_scale();
     char id[32], owner[128];
     for (int i = 0; i < n; i++) {
@@ -479,9 +470,9 @@ static void layout_mismatch(int cluster)
     const char *url = target_url(cluster);
     mpx_options_t o;
     sharded_options(&o, url, 16);
-    mpx_t *a = make(&o, "http://127.0.0.1:8401");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:8401");
     o.shards = 32;
-    mpx_t *b = make(&o, NULL);
+    mpx_t *b = t_make(&o, NULL);
     cr_assert_eq(mpx_register(b, "http://127.0.0.1:8402"), MPX_EINVAL);
     cr_assert(strstr(mpx_last_error(), "sharded 16") && strstr(mpx_last_error(), "sharded 32"),
               "%s", mpx_last_error());
@@ -522,7 +513,7 @@ static void binary_ids(int cluster)
     mpx_options_t o;
     sharded_options(&o, url, 64);
     const char *A = "http://127.0.0.1:8501", *B = "http://127.0.0.1:8502";
-    mpx_t *a = make(&o, A), *b = make(&o, B);
+    mpx_t *a = t_make(&o, A), *b = t_make(&o, B);
     enum { N = 200 };
     static char ids[N][MPX_ID_MAX];
     size_t lens[N];

@@ -68,15 +68,6 @@ static void opts(mpx_options_t *o, uint32_t interval, uint32_t lease)
     o->lease_ms = lease;
 }
 
-static mpx_t *make(mpx_options_t *o, const char *addr)
-{
-    mpx_t *m = NULL;
-    cr_assert_eq(mpx_create(o, &m), 0, "%s", mpx_last_error());
-    if (addr)
-        cr_assert_eq(mpx_register(m, addr), 0, "%s", mpx_last_error());
-    return m;
-}
-
 /* The three tests of a paused A share this: A registered at `addr`, a
  * second process d to reap it, the key names, and raw. */
 typedef struct {
@@ -89,8 +80,8 @@ static void fx_open(fx_t *f, uint32_t interval, uint32_t lease, const char *addr
 {
     raw_open();
     opts(&f->o, interval, lease);
-    f->a = make(&f->o, addr);
-    f->d = make(&f->o, NULL);
+    f->a = t_make(&f->o, addr);
+    f->d = t_make(&f->o, NULL);
     mpx__keys_init_layout(&f->k, f->o.ns, MPX_LAYOUT_SHARDED, NSH);
     t_sleep_ms(300); /* the registration's kicked tick */
 }
@@ -304,7 +295,7 @@ Test(sharded_faults, writer_active_after_reregistration_fails, .timeout = 60)
     /* Another instance takes the address; A gives up. */
     pthread_mutex_lock(&a->life_mu);
     freeReplyObject(t_cmd(raw, "SET %s %s", f.k.layout_key, "sharded 4"));
-    mpx_t *p2 = make(&o, A);
+    mpx_t *p2 = t_make(&o, A);
     pthread_mutex_unlock(&a->life_mu);
     dl = t_now_ms() + 5000;
     while (t_now_ms() < dl && mpx__get_address(a, ad) != MPX__UNREGISTERED)
@@ -346,10 +337,10 @@ Test(sharded_faults, layout_einval_keeps_registering, .timeout = 60)
 {
     mpx_options_t o;
     opts(&o, 3000, 600);
-    mpx_t *a = make(&o, "http://127.0.0.1:9104");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:9104");
     o.shards = 8;
     o.on_error = on_err;
-    mpx_t *b = make(&o, NULL);
+    mpx_t *b = t_make(&o, NULL);
     cr_assert_eq(mpx_register(b, "http://127.0.0.1:9105"), MPX_EINVAL);
     t_sleep_ms(1500);
     char ad[MPX_ADDRESS_MAX + 1];

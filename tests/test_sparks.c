@@ -11,14 +11,6 @@
 #include "internal.h"
 #include "support.h"
 
-static mpx_t *make_registered(mpx_options_t *o, const char *addr)
-{
-    mpx_t *m = NULL;
-    cr_assert_eq(mpx_create(o, &m), 0, "mpx_create: %s", mpx_last_error());
-    cr_assert_eq(mpx_register(m, addr), 0, "mpx_register: %s", mpx_last_error());
-    return m;
-}
-
 static int id_of(char *buf, size_t cap, const char *prefix, int i)
 {
     return snprintf(buf, cap, "%s%08d", prefix, i);
@@ -29,7 +21,7 @@ Test(sparks, connect_and_disconnect_reach_redis_in_the_original_format)
     mpx_options_t o;
     t_options(&o, NULL);
     const char *addr = "http://127.0.0.1:8001";
-    mpx_t *m = make_registered(&o, addr);
+    mpx_t *m = t_make(&o, addr);
     int n = 5000;
     char id[32];
     for (int i = 0; i < n; i++)
@@ -67,7 +59,7 @@ Test(sparks, binary_ids_round_trip)
     mpx_options_t o;
     t_options(&o, NULL);
     const char *addr = "http://127.0.0.1:8002";
-    mpx_t *m = make_registered(&o, addr);
+    mpx_t *m = t_make(&o, addr);
     const char bin[] = {'a', 0, 'b', (char)0xff, (char)0xc3, ':', '{', '}', 0};
     cr_assert_eq(mpx_connect(m, bin, sizeof bin), 0);
     char big[MPX_ID_MAX];
@@ -92,8 +84,8 @@ Test(sparks, a_disconnect_never_removes_a_spark_that_moved_elsewhere)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    mpx_t *a = make_registered(&o, "http://127.0.0.1:8011");
-    mpx_t *b = make_registered(&o, "http://127.0.0.1:8012");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:8011");
+    mpx_t *b = t_make(&o, "http://127.0.0.1:8012");
     cr_assert_eq(mpx_connect(a, "mover", 5), 0);
     cr_assert_eq(mpx_flush(a, 5000), 0);
     cr_assert_eq(mpx_connect(b, "mover", 5), 0); /* reconnected to b */
@@ -119,7 +111,7 @@ Test(sparks, churn_of_one_id_keeps_the_last_state)
     mpx_options_t o;
     t_options(&o, NULL);
     o.batch_delay_ms = 50; /* everything lands in one batch */
-    mpx_t *m = make_registered(&o, "http://127.0.0.1:8020");
+    mpx_t *m = t_make(&o, "http://127.0.0.1:8020");
     for (int i = 0; i < 101; i++) {
         cr_assert_eq(mpx_connect(m, "flip", 4), 0);
         if (i < 100)
@@ -167,7 +159,7 @@ Test(sparks, many_threads_connect_and_disconnect_concurrently, .timeout = 300)
     mpx_options_t o;
     t_options(&o, NULL);
     const char *addr = "http://127.0.0.1:8030";
-    mpx_t *m = make_registered(&o, addr);
+    mpx_t *m = t_make(&o, addr);
     enum { T = 8 };
     int n = 100000 / t_scale(); /* per thread: 8 x 100,000 in the normal build */
     pthread_t th[T];
@@ -214,8 +206,8 @@ Test(sparks, lookups_local_remote_and_unknown)
 {
     mpx_options_t o;
     t_options(&o, NULL);
-    mpx_t *a = make_registered(&o, "http://127.0.0.1:8051");
-    mpx_t *b = make_registered(&o, "http://127.0.0.1:8052");
+    mpx_t *a = t_make(&o, "http://127.0.0.1:8051");
+    mpx_t *b = t_make(&o, "http://127.0.0.1:8052");
     cr_assert_eq(mpx_connect(a, "local", 5), 0);
     cr_assert_eq(mpx_connect(b, "remote", 6), 0);
     cr_assert_eq(mpx_flush(b, 5000), 0);
@@ -275,7 +267,7 @@ Test(sparks, destroy_reports_what_it_could_not_write)
     o.command_timeout_ms = 300;
     o.connect_timeout_ms = 200;
     o.on_error = count_err;
-    mpx_t *m = make_registered(&o, "http://127.0.0.1:8060");
+    mpx_t *m = t_make(&o, "http://127.0.0.1:8060");
     redis_proc_kill(&rp);
     for (int i = 0; i < 10; i++) {
         char id[16];
@@ -298,7 +290,7 @@ Test(sparks, redis_restarted_empty_gets_everything_back, .timeout = 60)
     o.interval_ms = 5000;
     o.connect_timeout_ms = 200;
     const char *addr = "http://127.0.0.1:8070";
-    mpx_t *m = make_registered(&o, addr);
+    mpx_t *m = t_make(&o, addr);
     for (int i = 0; i < 1000; i++) {
         char id[16];
         cr_assert_eq(mpx_connect(m, id, (size_t)snprintf(id, sizeof id, "r%d", i)), 0);
